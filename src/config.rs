@@ -1,0 +1,574 @@
+//! The plugin JSON: parsed once per VM in `on_configure`, validated, and compiled into the
+//! [`Settings`] the rest of the filter reads. Every error names the offending key, because the
+//! one log line Envoy prints is all an operator gets when a config is refused.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::hit::{HitTemplate, RouteDetails};
+use crate::rules::Rules;
+
+/// Configuration as written by the user. Option names of flask-matomo2 are the keys,
+/// asgi-matomo's are aliases, so either middleware's config moves to the proxy unchanged.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    matomo_url: String,
+    #[serde(alias = "idsite")]
+    id_site: SiteId,
+    #[serde(default = "default_cluster")]
+    matomo_cluster: String,
+    #[serde(default, alias = "access_token")]
+    token_auth: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    assume_https: bool,
+    #[serde(default = "default_http_timeout")]
+    http_timeout: Seconds,
+    #[serde(default, alias = "route_details")]
+    routes_details: BTreeMap<String, serde_json::Map<String, Value>>,
+    #[serde(default, alias = "exclude_paths")]
+    ignored_routes: Vec<String>,
+    #[serde(default, alias = "exclude_patterns")]
+    ignored_patterns: Vec<String>,
+    #[serde(default)]
+    ignored_ua_patterns: Vec<String>,
+    #[serde(default)]
+    allowed_methods: Vec<String>,
+    #[serde(default)]
+    ignored_methods: Vec<String>,
+    #[serde(default = "default_batch_size")]
+    batch_size: usize,
+    #[serde(default = "default_flush_interval")]
+    flush_interval: Seconds,
+    #[serde(default = "default_queue_size")]
+    queue_size: usize,
+    #[serde(default = "default_retry_window")]
+    retry_window: Seconds,
+}
+
+fn default_cluster() -> String {
+    "matomo".to_owned()
+}
+fn default_http_timeout() -> Seconds {
+    Seconds(5.0)
+}
+fn default_batch_size() -> usize {
+    100
+}
+fn default_flush_interval() -> Seconds {
+    Seconds(1.0)
+}
+fn default_queue_size() -> usize {
+    10_000
+}
+fn default_retry_window() -> Seconds {
+    Seconds(60.0)
+}
+
+/// Largest batch Matomo's bulk endpoint is asked to take in one call.
+pub const MAX_BATCH_SIZE: usize = 1_000;
+
+/// Everything the filter needs, validated and precompiled.
+pub struct Settings {
+    pub tracker: Tracker,
+    pub matomo_cluster: String,
+    pub token_auth: Option<Secret>,
+    pub http_timeout: Duration,
+    pub batch: BatchSettings,
+    pub rules: Rules,
+    pub hits: HitTemplate,
+}
+
+/// Where hits go: the `:authority` and `:path` of bulk calls to Matomo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tracker {
+    pub authority: String,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchSettings {
+    pub batch_size: usize,
+    pub flush_interval: Duration,
+    pub queue_size: usize,
+    pub retry_window: Duration,
+}
+
+/// A `token_auth` value. Its `Debug` never shows the value, so no log line can leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A refused configuration: the key (a path such as `ignored_patterns[1]`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "invalid plugin configuration: {}", self.message)
+        } else {
+            write!(
+                f,
+                "invalid plugin configuration: `{}`: {}",
+                self.key, self.message
+            )
+        }
+    }
+}
+
+impl Settings {
+    /// Parses and validates the plugin JSON.
+    pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ConfigError::new(
+                "",
+                "no configuration given; `matomo_url` and `id_site` are required",
+            ));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError::new(key, strip_position(&e.inner().to_string()))
+        })?;
+        raw.compile()
+    }
+}
+
+/// serde_json appends "at line L column C"; the key already says where.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message.get(..at).unwrap_or(message).to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+impl RawConfig {
+    fn compile(self) -> Result<Settings, ConfigError> {
+        let tracker = parse_matomo_url(&self.matomo_url)?;
+        if self.id_site.0 == 0 {
+            return Err(ConfigError::new("id_site", "must be a positive integer"));
+        }
+        if self.matomo_cluster.is_empty() {
+            return Err(ConfigError::new("matomo_cluster", "must not be empty"));
+        }
+        let token_auth = match self.token_auth {
+            Some(t) if t.is_empty() => {
+                return Err(ConfigError::new(
+                    "token_auth",
+                    "must not be empty (leave it out to send hits without a token)",
+                ))
+            }
+            Some(t) => Some(Secret::new(t)),
+            None => None,
+        };
+        let base_url = match self.base_url {
+            Some(b) => {
+                check_http_url("base_url", &b)?;
+                Some(b.trim_end_matches('/').to_owned())
+            }
+            None => None,
+        };
+        let http_timeout = self
+            .http_timeout
+            .to_duration("http_timeout", 0.001, 600.0)?;
+        let batch = BatchSettings {
+            batch_size: in_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)?,
+            flush_interval: self
+                .flush_interval
+                .to_duration("flush_interval", 0.01, 3600.0)?,
+            queue_size: in_range("queue_size", self.queue_size, 1, 10_000_000)?,
+            retry_window: self
+                .retry_window
+                .to_duration("retry_window", 0.0, 86_400.0)?,
+        };
+        if batch.queue_size < batch.batch_size {
+            return Err(ConfigError::new(
+                "queue_size",
+                format!(
+                    "must be at least batch_size ({}), got {}",
+                    batch.batch_size, batch.queue_size
+                ),
+            ));
+        }
+        let rules = Rules::new(
+            self.ignored_routes,
+            &self.ignored_patterns,
+            &self.ignored_ua_patterns,
+            &self.allowed_methods,
+            &self.ignored_methods,
+        )?;
+        let mut routes = BTreeMap::new();
+        for (path, params) in self.routes_details {
+            let details = RouteDetails::new(&path, params)?;
+            routes.insert(path, details);
+        }
+        let hits = HitTemplate::new(
+            self.id_site.0,
+            base_url,
+            self.assume_https,
+            token_auth.is_some(),
+            routes,
+        );
+        Ok(Settings {
+            tracker,
+            matomo_cluster: self.matomo_cluster,
+            token_auth,
+            http_timeout,
+            batch,
+            rules,
+            hits,
+        })
+    }
+}
+
+fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be between {min} and {max}, got {value}"),
+        ))
+    }
+}
+
+/// Splits `http(s)://authority/rest`, refusing anything else.
+fn split_http_url<'a>(key: &str, url: &'a str) -> Result<(&'a str, &'a str), ConfigError> {
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("https://") {
+        url.get(8..)
+    } else if lower.starts_with("http://") {
+        url.get(7..)
+    } else {
+        None
+    };
+    let rest = rest.ok_or_else(|| {
+        ConfigError::new(
+            key,
+            format!("must be an http:// or https:// URL, got {url:?}"),
+        )
+    })?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
+        return Err(ConfigError::new(
+            key,
+            format!("must name a host (without user info), got {url:?}"),
+        ));
+    }
+    Ok((authority, path))
+}
+
+fn check_http_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    split_http_url(key, url).map(|_| ())
+}
+
+/// `matomo_url` is a Matomo base URL or its tracker endpoint; hits go to the tracker endpoint.
+fn parse_matomo_url(url: &str) -> Result<Tracker, ConfigError> {
+    let (authority, rest) = split_http_url("matomo_url", url)?;
+    if rest.contains(['?', '#']) {
+        return Err(ConfigError::new(
+            "matomo_url",
+            format!("must not carry a query or fragment, got {url:?}"),
+        ));
+    }
+    let path = if rest.ends_with("/matomo.php") || rest.ends_with("/piwik.php") {
+        rest.to_owned()
+    } else {
+        format!("{}/matomo.php", rest.trim_end_matches('/'))
+    };
+    Ok(Tracker {
+        authority: authority.to_owned(),
+        path,
+    })
+}
+
+/// A Matomo site id: a positive integer, or a string of digits as some deployments template it.
+struct SiteId(u64);
+
+impl<'de> Deserialize<'de> for SiteId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SiteId;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a positive integer")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SiteId, E> {
+                Ok(SiteId(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SiteId, E> {
+                u64::try_from(v)
+                    .map(SiteId)
+                    .map_err(|_| E::custom(format!("must be a positive integer, got {v}")))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SiteId, E> {
+                if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                    v.parse().map(SiteId).map_err(E::custom)
+                } else {
+                    Err(E::custom(format!("must be a positive integer, got {v:?}")))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A duration in seconds, written as a JSON number (`5`, `0.5`).
+#[derive(Deserialize)]
+struct Seconds(f64);
+
+impl Seconds {
+    fn to_duration(&self, key: &str, min: f64, max: f64) -> Result<Duration, ConfigError> {
+        if self.0.is_finite() && self.0 >= min && self.0 <= max {
+            Ok(Duration::from_secs_f64(self.0))
+        } else {
+            Err(ConfigError::new(
+                key,
+                format!("must be between {min} and {max} seconds, got {}", self.0),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Settings, ConfigError> {
+        Settings::from_json(json.as_bytes())
+    }
+
+    fn err(json: &str) -> ConfigError {
+        match parse(json) {
+            Ok(_) => panic!("config should be refused: {json}"),
+            Err(e) => e,
+        }
+    }
+
+    const MIN: &str = r#""matomo_url":"https://m.example.com","id_site":3"#;
+
+    fn with(extra: &str) -> String {
+        if extra.is_empty() {
+            format!("{{{MIN}}}")
+        } else {
+            format!("{{{MIN},{extra}}}")
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let s = parse(&with("")).unwrap();
+        assert_eq!(s.tracker.authority, "m.example.com");
+        assert_eq!(s.tracker.path, "/matomo.php");
+        assert_eq!(s.matomo_cluster, "matomo");
+        assert!(s.token_auth.is_none());
+        assert_eq!(s.http_timeout, Duration::from_secs(5));
+        assert_eq!(
+            s.batch,
+            BatchSettings {
+                batch_size: 100,
+                flush_interval: Duration::from_secs(1),
+                queue_size: 10_000,
+                retry_window: Duration::from_secs(60),
+            }
+        );
+    }
+
+    #[test]
+    fn matomo_url_is_normalised_to_the_tracker_path() {
+        for (url, authority, path) in [
+            ("http://m/sub/", "m", "/sub/matomo.php"),
+            ("http://m/sub//", "m", "/sub/matomo.php"),
+            ("http://m", "m", "/matomo.php"),
+            ("https://m:8443/", "m:8443", "/matomo.php"),
+            ("https://m/x/matomo.php", "m", "/x/matomo.php"),
+            ("https://m/piwik.php", "m", "/piwik.php"),
+            ("HTTPS://M.example/a", "M.example", "/a/matomo.php"),
+        ] {
+            let s = parse(&format!(r#"{{"matomo_url":"{url}","id_site":1}}"#)).unwrap();
+            assert_eq!(
+                s.tracker,
+                Tracker {
+                    authority: authority.into(),
+                    path: path.into()
+                },
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_matomo_urls_are_refused_naming_the_key() {
+        for url in [
+            "ftp://m/",
+            "m.example.com",
+            "http://",
+            "http:///x",
+            "https://u:p@m/",
+            "https://m/?a=1",
+        ] {
+            let e = err(&format!(r#"{{"matomo_url":"{url}","id_site":1}}"#));
+            assert_eq!(e.key, "matomo_url", "{url}: {e}");
+        }
+        let e = err(r#"{"id_site":1}"#);
+        assert!(e.to_string().contains("missing field `matomo_url`"), "{e}");
+    }
+
+    #[test]
+    fn id_site_accepts_integers_and_digit_strings_under_both_names() {
+        for json in [
+            r#"{"matomo_url":"http://m","id_site":7}"#,
+            r#"{"matomo_url":"http://m","id_site":"7"}"#,
+            r#"{"matomo_url":"http://m","idsite":7}"#,
+        ] {
+            assert_eq!(parse(json).unwrap().hits.id_site(), 7, "{json}");
+        }
+    }
+
+    #[test]
+    fn bad_id_site_is_refused_naming_the_key() {
+        for v in ["0", "-1", "\"abc\"", "\"\"", "1.5", "null", "true", "\"0\""] {
+            let e = err(&format!(r#"{{"matomo_url":"http://m","id_site":{v}}}"#));
+            assert_eq!(e.key, "id_site", "{v}: {e}");
+        }
+        let e = err(r#"{"matomo_url":"http://m"}"#);
+        assert!(e.to_string().contains("missing field `id_site`"), "{e}");
+    }
+
+    #[test]
+    fn every_key_and_alias_is_read() {
+        let s = parse(
+            r#"{"matomo_url":"http://m","idsite":2,"matomo_cluster":"outbound|443||m",
+                "access_token":"t0k","base_url":"https://shop.example/","assume_https":true,
+                "http_timeout":2.5,"route_details":{"/u":{"action_name":"U"}},
+                "exclude_paths":["/health"],"exclude_patterns":[".*/old.*"],
+                "ignored_ua_patterns":[".*bot.*"],"allowed_methods":["get"],
+                "ignored_methods":["OPTIONS"],"batch_size":50,"flush_interval":0.25,
+                "queue_size":500,"retry_window":30}"#,
+        )
+        .unwrap();
+        assert_eq!(s.matomo_cluster, "outbound|443||m");
+        assert_eq!(s.token_auth.as_ref().map(Secret::expose), Some("t0k"));
+        assert_eq!(s.http_timeout, Duration::from_millis(2500));
+        assert_eq!(s.batch.batch_size, 50);
+        assert_eq!(s.batch.flush_interval, Duration::from_millis(250));
+        assert_eq!(s.batch.queue_size, 500);
+        assert_eq!(s.batch.retry_window, Duration::from_secs(30));
+        assert!(s.hits.route("/u").is_some());
+        assert!(s.hits.assume_https());
+        assert_eq!(s.hits.base_url(), Some("https://shop.example"));
+        assert!(s.rules.ignored_route("/health"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = err(&with(r#""id_sites":1"#));
+        assert!(e.to_string().contains("unknown field `id_sites`"), "{e}");
+    }
+
+    #[test]
+    fn name_and_alias_together_are_refused() {
+        let e = err(r#"{"matomo_url":"http://m","id_site":1,"idsite":2}"#);
+        assert!(e.to_string().contains("duplicate field `id_site`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        for (extra, key) in [
+            (r#""assume_https":"yes""#, "assume_https"),
+            (r#""http_timeout":"5s""#, "http_timeout"),
+            (r#""ignored_routes":"/admin""#, "ignored_routes"),
+            (r#""ignored_methods":[1]"#, "ignored_methods[0]"),
+            (r#""routes_details":{"/a":"x"}"#, "routes_details./a"),
+            (r#""token_auth":5"#, "token_auth"),
+            (r#""batch_size":-1"#, "batch_size"),
+        ] {
+            let e = err(&with(extra));
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(!e.message.contains("line"), "{e}");
+        }
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        for (extra, key) in [
+            (r#""http_timeout":0"#, "http_timeout"),
+            (r#""batch_size":0"#, "batch_size"),
+            (r#""batch_size":1001"#, "batch_size"),
+            (r#""flush_interval":0"#, "flush_interval"),
+            (r#""queue_size":10,"batch_size":20"#, "queue_size"),
+            (r#""retry_window":-1"#, "retry_window"),
+            (r#""matomo_cluster":"""#, "matomo_cluster"),
+            (r#""token_auth":"""#, "token_auth"),
+            (r#""base_url":"shop.example""#, "base_url"),
+        ] {
+            assert_eq!(err(&with(extra)).key, key, "{extra}");
+        }
+    }
+
+    #[test]
+    fn invalid_regexes_name_the_key_and_index() {
+        assert_eq!(
+            err(&with(r#""ignored_patterns":["/ok","(unclosed"]"#)).key,
+            "ignored_patterns[1]"
+        );
+        assert_eq!(
+            err(&with(r#""ignored_ua_patterns":["["]"#)).key,
+            "ignored_ua_patterns[0]"
+        );
+    }
+
+    #[test]
+    fn empty_or_malformed_json_is_refused() {
+        assert!(err("").to_string().contains("required"));
+        assert!(err("  \n").to_string().contains("required"));
+        assert!(parse("{").is_err());
+        assert!(parse("[]").is_err());
+        assert!(parse("\u{0}\u{ff}").is_err());
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_or_errors() {
+        let s = parse(&with(r#""token_auth":"s3cr3t-value""#)).unwrap();
+        let shown = format!("{:?}", s.token_auth);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        let e = err(&with(r#""token_auth":"s3cr3t-value","bogus":1"#));
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
+}

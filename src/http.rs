@@ -1,0 +1,102 @@
+//! The per-request context: notes two timestamps and, once the stream is done (`on_log`), reads
+//! what the hit needs and hands it to the [`Tracker`]. It never pauses or changes the request.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, MapType};
+
+use crate::request::{client_ip, lossy, RequestFacts};
+use crate::root::now;
+use crate::tracker::Tracker;
+
+pub struct Filter {
+    tracker: Option<Rc<RefCell<Tracker>>>,
+    started: Option<Duration>,
+    responded: Option<Duration>,
+}
+
+impl Filter {
+    pub fn new(tracker: Option<Rc<RefCell<Tracker>>>) -> Self {
+        Filter {
+            tracker,
+            started: None,
+            responded: None,
+        }
+    }
+}
+
+/// A header as bytes, converted lossily: header values may hold any byte.
+fn header(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(lossy)
+}
+
+fn request_header(name: &str) -> Option<String> {
+    header(MapType::HttpRequestHeaders, name)
+}
+
+impl Context for Filter {}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+        self.started = Some(now());
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        self.responded = Some(now());
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let Some(tracker) = &self.tracker else {
+            return;
+        };
+        let Ok(mut tracker) = tracker.try_borrow_mut() else {
+            return;
+        };
+        let method = request_header(":method").unwrap_or_default();
+        let path = request_header(":path").unwrap_or_default();
+        let user_agent = request_header("user-agent");
+        if tracker
+            .ignored(&method, &path, user_agent.as_deref())
+            .is_some()
+        {
+            return;
+        }
+        let started = self.started.unwrap_or_else(now);
+        let client_ip = if tracker.settings.hits.with_client_ip() {
+            hostcalls::get_property(vec!["source", "address"])
+                .ok()
+                .flatten()
+                .map(lossy)
+                .and_then(|a| client_ip(&a).map(str::to_owned))
+        } else {
+            None
+        };
+        let facts = RequestFacts {
+            method,
+            scheme: request_header(":scheme").unwrap_or_default(),
+            authority: request_header(":authority").unwrap_or_default(),
+            path,
+            user_agent,
+            accept_language: request_header("accept-language"),
+            referer: request_header("referer"),
+            status: header(MapType::HttpResponseHeaders, ":status")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            server_time_ms: self
+                .responded
+                .map(|r| u64::try_from(r.saturating_sub(started).as_millis()).unwrap_or(u64::MAX)),
+            time_secs: started.as_secs(),
+            client_ip,
+        };
+        tracker.track(&facts);
+    }
+}

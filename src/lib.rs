@@ -1,0 +1,24 @@
+//! matomo-proxy-wasm: server-side Matomo tracking for every request through Envoy or Istio.
+//!
+//! Pure modules (config, rules, request, hit, batch, tracker, metrics, log_limit) hold all the
+//! logic and are tested natively; `root` and `http` are the thin proxy-wasm glue, built for wasm.
+
+pub mod batch;
+pub mod config;
+pub mod hit;
+pub mod log_limit;
+pub mod metrics;
+pub mod request;
+pub mod rules;
+pub mod tracker;
+
+#[cfg(target_arch = "wasm32")]
+mod http;
+#[cfg(target_arch = "wasm32")]
+mod root;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Trace);
+    proxy_wasm::set_root_context(|_| Box::new(root::Root::new()));
+}}

@@ -1,0 +1,150 @@
+//! The state one worker VM shares between its root context and its request contexts: settings,
+//! the hit queue and the counters. Pure, so the whole per-request decision is tested natively.
+
+use crate::batch::Batcher;
+use crate::config::Settings;
+use crate::hit::Rand;
+use crate::metrics::{Counter, Counters};
+use crate::request::RequestFacts;
+use crate::rules::Ignored;
+
+pub struct Tracker {
+    pub settings: Settings,
+    pub batcher: Batcher,
+    pub counters: Counters,
+    rand: Rand,
+}
+
+/// What became of one finished request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    Queued,
+    Ignored(Ignored),
+    /// The queue was full (Matomo slow or down for long): the hit is dropped and counted.
+    QueueFull,
+}
+
+impl Tracker {
+    pub fn new(settings: Settings, seed: u64) -> Self {
+        let batcher = Batcher::new(settings.batch, settings.token_auth.as_ref());
+        Tracker {
+            settings,
+            batcher,
+            counters: Counters::default(),
+            rand: Rand::new(seed),
+        }
+    }
+
+    /// Applies the ignore rules; `None` means the request is to be tracked.
+    pub fn ignored(
+        &mut self,
+        method: &str,
+        path: &str,
+        user_agent: Option<&str>,
+    ) -> Option<Ignored> {
+        self.counters.add(Counter::RequestsSeen, 1);
+        let path = crate::request::path_only(path);
+        let reason = self.settings.rules.check(method, path, user_agent)?;
+        self.counters.add(
+            match reason {
+                Ignored::Method => Counter::IgnoredMethod,
+                Ignored::Route => Counter::IgnoredRoute,
+                Ignored::Pattern => Counter::IgnoredPattern,
+                Ignored::UserAgent => Counter::IgnoredUserAgent,
+            },
+            1,
+        );
+        Some(reason)
+    }
+
+    /// Encodes the hit of a request that passed [`Tracker::ignored`] and queues it.
+    pub fn track(&mut self, facts: &RequestFacts) -> Tracked {
+        let hit = self.settings.hits.encode(facts, self.rand.next_u32());
+        if self.batcher.push(hit) {
+            self.counters.add(Counter::RequestsTracked, 1);
+            Tracked::Queued
+        } else {
+            self.counters.add(Counter::HitsDropped, 1);
+            Tracked::QueueFull
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn tracker(extra: &str) -> Tracker {
+        let json = format!(r#"{{"matomo_url":"http://m","id_site":1{extra}}}"#);
+        Tracker::new(Settings::from_json(json.as_bytes()).unwrap(), 1)
+    }
+
+    fn facts(path: &str) -> RequestFacts {
+        RequestFacts {
+            method: "GET".into(),
+            path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    fn counts(t: &mut Tracker) -> Vec<(Counter, u64)> {
+        t.counters.drain().collect()
+    }
+
+    #[test]
+    fn a_tracked_request_is_counted_and_queued() {
+        let mut t = tracker("");
+        assert_eq!(t.ignored("GET", "/x?y=1", None), None);
+        assert_eq!(t.track(&facts("/x?y=1")), Tracked::Queued);
+        assert_eq!(t.batcher.queued(), 1);
+        assert_eq!(
+            counts(&mut t),
+            [(Counter::RequestsSeen, 1), (Counter::RequestsTracked, 1)]
+        );
+    }
+
+    #[test]
+    fn ignore_reasons_are_counted_apart_and_match_the_path_without_query() {
+        let mut t = tracker(
+            r#","ignored_routes":["/health"],"ignored_patterns":["/static"],
+               "ignored_ua_patterns":[".*bot"],"ignored_methods":["HEAD"]"#,
+        );
+        assert_eq!(
+            t.ignored("GET", "/health?full=1", None),
+            Some(Ignored::Route)
+        );
+        assert_eq!(
+            t.ignored("GET", "/static/app.js", None),
+            Some(Ignored::Pattern)
+        );
+        assert_eq!(
+            t.ignored("GET", "/", Some("Googlebot")),
+            Some(Ignored::UserAgent)
+        );
+        assert_eq!(t.ignored("HEAD", "/", None), Some(Ignored::Method));
+        assert_eq!(
+            counts(&mut t),
+            [
+                (Counter::RequestsSeen, 4),
+                (Counter::IgnoredRoute, 1),
+                (Counter::IgnoredPattern, 1),
+                (Counter::IgnoredUserAgent, 1),
+                (Counter::IgnoredMethod, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let mut t = tracker(r#","queue_size":1,"batch_size":1"#);
+        assert_eq!(t.track(&facts("/a")), Tracked::Queued);
+        assert_eq!(t.track(&facts("/b")), Tracked::QueueFull);
+        assert_eq!(
+            counts(&mut t),
+            [(Counter::RequestsTracked, 1), (Counter::HitsDropped, 1)]
+        );
+        let sent = t.batcher.poll(Duration::from_secs(1)).unwrap();
+        assert!(sent.body.contains("%2Fa"));
+    }
+}
