@@ -113,7 +113,7 @@ impl Root {
         };
         if let Some(line) = line {
             if let Some(held) = self.trouble_log.allow(now) {
-                log::warn!("matomo: {line} ({held} similar lines held back)");
+                log::warn!("{line} ({held} similar lines held back)");
             }
         }
     }
@@ -162,7 +162,7 @@ impl RootContext for Root {
         let settings = match Settings::from_json(&config) {
             Ok(s) => s,
             Err(e) => {
-                log::error!("matomo: {e}");
+                log::error!("{e}");
                 return false;
             }
         };
@@ -175,11 +175,11 @@ impl RootContext for Root {
             .collect();
         let tick = settings.batch.flush_interval.min(MAX_TICK);
         if hostcalls::set_tick_period(tick).is_err() {
-            log::error!("matomo: could not set the tick period");
+            log::error!("could not set the tick period");
             return false;
         }
         log::info!(
-            "matomo: tracking site {} to {}{} through cluster {:?} (token: {}, batches of {})",
+            "tracking site {} to {}{} through cluster {:?} (token: {}, batches of {})",
             settings.hits.id_site(),
             settings.tracker.authority,
             settings.tracker.path,

@@ -1,0 +1,81 @@
+"""Fixtures for the real-Envoy integration tests: a recording Matomo stand-in, the demo upstream,
+and `start_envoy`, which starts Envoy with the filter and prints Envoy's log when a test fails."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.support import envoy as E
+from tests.support.matomo import MatomoStandIn
+from tests.support.upstream import Upstream
+
+
+def pytest_sessionstart(session):
+    if not E.WASM.exists():
+        subprocess.run(["cargo", "build", "--release", "--target", "wasm32-wasip1"], cwd=E.ROOT, check=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+@pytest.fixture
+def matomo():
+    m = MatomoStandIn().start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="session")
+def upstream():
+    u = Upstream().start()
+    yield u
+    u.stop()
+
+
+class Started:
+    """An Envoy with the filter, plus where to reach it."""
+
+    def __init__(self, envoy: E.Envoy, listen_port: int):
+        self.envoy = envoy
+        self.port = listen_port
+        self.url = f"http://127.0.0.1:{listen_port}"
+
+    def __getattr__(self, name):
+        return getattr(self.envoy, name)
+
+
+@pytest.fixture
+def start_envoy(request, matomo, upstream):
+    """`start_envoy(plugin_config, concurrency=1, **bootstrap_or_filter_options)`: Envoy in
+    front of the demo upstream, with the filter sending to the `matomo` stand-in."""
+    started: list[E.Envoy] = []
+
+    def start(plugin_config, *, concurrency=1, log_level="info", root_id="matomo", vm_env=None,
+              failure_policy=None, matomo_cluster="matomo", matomo_port=None, wait=True,
+              extra_args=(), **bootstrap_extra):
+        listen_port, admin_port = E.free_port(), E.free_port()
+        config = E.bootstrap(
+            listen_port=listen_port, admin_port=admin_port, upstream_port=upstream.port,
+            matomo_port=matomo_port or matomo.port, matomo_cluster=matomo_cluster,
+            http_filters=[E.wasm_filter(plugin_config, root_id=root_id, vm_env=vm_env,
+                                        failure_policy=failure_policy)],
+            **bootstrap_extra,
+        )
+        envoy = E.Envoy(config, concurrency=concurrency, log_level=log_level, extra_args=extra_args)
+        started.append(envoy)
+        envoy.start(wait=wait)
+        return Started(envoy, listen_port)
+
+    yield start
+    failed = any(getattr(request.node, f"rep_{w}", None) is not None and getattr(request.node, f"rep_{w}").failed
+                 for w in ("setup", "call"))
+    for envoy in started:
+        envoy.stop()
+        if failed:
+            print(f"\n----- Envoy log ({envoy.config_path}) -----\n{envoy.log()}")

