@@ -25,6 +25,10 @@ struct RawConfig {
     matomo_cluster: String,
     #[serde(default, alias = "access_token")]
     token_auth: Option<String>,
+    /// Name of a VM environment variable holding the token (Envoy
+    /// `vm_config.environment_variables`, Istio `vmConfig.env`), so it can live in a Secret.
+    #[serde(default)]
+    token_auth_env: Option<String>,
     #[serde(default)]
     base_url: Option<String>,
     #[serde(default)]
@@ -151,8 +155,17 @@ impl fmt::Display for ConfigError {
 }
 
 impl Settings {
-    /// Parses and validates the plugin JSON.
+    /// Parses and validates the plugin JSON, reading `token_auth_env` from the process
+    /// environment (in Envoy, the VM's).
     pub fn from_json(bytes: &[u8]) -> Result<Settings, ConfigError> {
+        Self::from_json_with_env(bytes, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Settings::from_json`], with the environment passed in.
+    pub fn from_json_with_env(
+        bytes: &[u8],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(ConfigError::new(
                 "",
@@ -165,7 +178,7 @@ impl Settings {
             let key = if key == "." { String::new() } else { key };
             ConfigError::new(key, strip_position(&e.inner().to_string()))
         })?;
-        raw.compile()
+        raw.compile(env)
     }
 }
 
@@ -178,7 +191,7 @@ fn strip_position(message: &str) -> String {
 }
 
 impl RawConfig {
-    fn compile(self) -> Result<Settings, ConfigError> {
+    fn compile(self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let tracker = parse_matomo_url(&self.matomo_url)?;
         if self.id_site.0 == 0 {
             return Err(ConfigError::new("id_site", "must be a positive integer"));
@@ -186,7 +199,22 @@ impl RawConfig {
         if self.matomo_cluster.is_empty() {
             return Err(ConfigError::new("matomo_cluster", "must not be empty"));
         }
-        let token_auth = match self.token_auth {
+        let token_auth = match (self.token_auth, self.token_auth_env) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "token_auth_env",
+                    "give either token_auth or token_auth_env, not both",
+                ))
+            }
+            (None, Some(name)) => Some(env(&name).ok_or_else(|| {
+                ConfigError::new(
+                    "token_auth_env",
+                    format!("the VM environment has no variable {name:?}"),
+                )
+            })?),
+            (token, None) => token,
+        };
+        let token_auth = match token_auth {
             Some(t) if t.is_empty() => {
                 return Err(ConfigError::new(
                     "token_auth",
@@ -561,6 +589,28 @@ mod tests {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
         assert!(parse("\u{0}\u{ff}").is_err());
+    }
+
+    #[test]
+    fn the_token_can_come_from_the_vm_environment() {
+        let env = |name: &str| (name == "MATOMO_TOKEN").then(|| "from-env".to_owned());
+        let json = with(r#""token_auth_env":"MATOMO_TOKEN""#);
+        let s = Settings::from_json_with_env(json.as_bytes(), env).unwrap();
+        assert_eq!(s.token_auth.unwrap().expose(), "from-env");
+        assert!(s.hits.with_client_ip());
+
+        let json = with(r#""token_auth_env":"MISSING""#);
+        let e = Settings::from_json_with_env(json.as_bytes(), env)
+            .err()
+            .unwrap();
+        assert_eq!(e.key, "token_auth_env");
+        assert!(e.message.contains("MISSING"), "{e}");
+
+        let json = with(r#""token_auth_env":"MATOMO_TOKEN","token_auth":"x""#);
+        let e = Settings::from_json_with_env(json.as_bytes(), env)
+            .err()
+            .unwrap();
+        assert_eq!(e.key, "token_auth_env");
     }
 
     #[test]
