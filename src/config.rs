@@ -174,12 +174,22 @@ impl Settings {
         }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let key = if key == "." { String::new() } else { key };
-            ConfigError::new(key, strip_position(&e.inner().to_string()))
+            let message = strip_position(&e.inner().to_string());
+            let key = match e.path().to_string() {
+                // "missing field `x`" and "duplicate field `x`" are reported at the root.
+                root if root == "." => quoted_field(&message).unwrap_or_default().to_owned(),
+                key => key,
+            };
+            ConfigError::new(key, message)
         })?;
         raw.compile(env)
     }
+}
+
+/// The field a serde message names between backticks, as in "missing field `id_site`".
+fn quoted_field(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once(" field `")?;
+    rest.split_once('`').map(|(field, _)| field)
 }
 
 /// serde_json appends "at line L column C"; the key already says where.
@@ -475,6 +485,7 @@ mod tests {
             assert_eq!(e.key, "matomo_url", "{url}: {e}");
         }
         let e = err(r#"{"id_site":1}"#);
+        assert_eq!(e.key, "matomo_url");
         assert!(e.to_string().contains("missing field `matomo_url`"), "{e}");
     }
 
@@ -496,6 +507,7 @@ mod tests {
             assert_eq!(e.key, "id_site", "{v}: {e}");
         }
         let e = err(r#"{"matomo_url":"http://m"}"#);
+        assert_eq!(e.key, "id_site");
         assert!(e.to_string().contains("missing field `id_site`"), "{e}");
     }
 
@@ -533,6 +545,7 @@ mod tests {
     #[test]
     fn name_and_alias_together_are_refused() {
         let e = err(r#"{"matomo_url":"http://m","id_site":1,"idsite":2}"#);
+        assert_eq!(e.key, "id_site");
         assert!(e.to_string().contains("duplicate field `id_site`"), "{e}");
     }
 

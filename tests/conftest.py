@@ -78,4 +78,4 @@ def start_envoy(request, matomo, upstream):
     for envoy in started:
         envoy.stop()
         if failed:
-            print(f"\n----- Envoy log ({envoy.config_path}) -----\n{envoy.log()}")
+            print(f"\n----- Envoy log ({envoy.config_path}) -----\n{envoy.log_for_humans()}")

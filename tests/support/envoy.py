@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -179,6 +180,11 @@ class Envoy:
         except OSError:
             return ""
 
+    def log_for_humans(self) -> str:
+        """The log without Envoy's start-up inventory of extensions and header maps."""
+        return "\n".join(line for line in self.log().splitlines()
+                         if not re.search(r"\]\s{3}\S|server\.cc:4[0-9][0-9]\]\s+envoy\.", line))
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -197,7 +203,11 @@ class Envoy:
         self.stop()
 
 
-def validate(config_path: Path) -> subprocess.CompletedProcess:
-    """`envoy --mode validate` on a config file."""
+def validate(config_path: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`envoy --mode validate` on a config file; `env` is added to (or, given, replaces the
+    variables it names in) this process's environment."""
+    environ = {k: v for k, v in os.environ.items() if env is None or k not in ("MATOMO_TOKEN_AUTH",)}
+    environ.update(env or {})
     return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config_path),
-                           "--disable-hot-restart"], capture_output=True, text=True, timeout=120)
+                           "--disable-hot-restart"], capture_output=True, text=True, timeout=120,
+                          env=environ, cwd=cwd)

@@ -22,7 +22,7 @@ class Call:
 
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names lower-cased
     body: bytes
 
     def json(self) -> dict:
@@ -68,7 +68,7 @@ class MatomoStandIn:
             def do_POST(self):
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
-                stand_in._record(Call("POST", self.path, dict(self.headers), body))
+                stand_in._record(Call(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
                 b = stand_in.behaviour
                 if b.delay:
                     time.sleep(b.delay)

@@ -1,0 +1,36 @@
+"""Plain HTTP clients for the tests: one request with http.client, or raw bytes over a socket
+(for header bytes no HTTP library will send)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+
+
+def request(port: int, path: str = "/", method: str = "GET", headers: dict | None = None,
+            body: bytes | None = None, timeout: float = 10.0) -> tuple[int, float]:
+    """Sends one request to 127.0.0.1:port; returns (status, seconds)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    start = time.monotonic()
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, time.monotonic() - start
+    finally:
+        conn.close()
+
+
+def raw(port: int, data: bytes, timeout: float = 10.0) -> int:
+    """Sends raw request bytes; returns the response status (0 if the connection closed first)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        received = b""
+        while b"\r\n" not in received:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            received += chunk
+    first = received.split(b"\r\n", 1)[0].split()
+    return int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
