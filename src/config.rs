@@ -2,7 +2,7 @@
 //! [`Settings`] the rest of the filter reads. Every error names the offending key, because the
 //! one log line Envoy prints is all an operator gets when a config is refused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::Duration;
 
@@ -10,7 +10,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::hit::{HitTemplate, RouteDetails};
+use crate::actions::{ActionRules, RawActionRule};
+use crate::hit::{is_visitor_id, HitOptions, HitTemplate, RouteDetails};
+use crate::privacy::QueryFilter;
 use crate::rules::Rules;
 
 /// Configuration as written by the user. Option names of flask-matomo2 are the keys,
@@ -55,6 +57,24 @@ struct RawConfig {
     queue_size: usize,
     #[serde(default = "default_retry_window")]
     retry_window: Seconds,
+    #[serde(default = "default_response_header_prefix")]
+    response_header_prefix: String,
+    #[serde(default)]
+    uid_header: Option<String>,
+    #[serde(default)]
+    cid: Option<String>,
+    #[serde(default)]
+    cid_header: Option<String>,
+    #[serde(default)]
+    bots: bool,
+    #[serde(default)]
+    action_rules: Vec<RawActionRule>,
+    #[serde(default)]
+    strip_query_params: Vec<String>,
+    #[serde(default)]
+    keep_query_params: Option<Vec<String>>,
+    #[serde(default)]
+    dimension_headers: BTreeMap<String, Dimension>,
 }
 
 fn default_cluster() -> String {
@@ -75,6 +95,9 @@ fn default_queue_size() -> usize {
 fn default_retry_window() -> Seconds {
     Seconds(60.0)
 }
+fn default_response_header_prefix() -> String {
+    "x-matomo-".to_owned()
+}
 
 /// Largest batch Matomo's bulk endpoint is asked to take in one call.
 pub const MAX_BATCH_SIZE: usize = 1_000;
@@ -88,6 +111,18 @@ pub struct Settings {
     pub batch: BatchSettings,
     pub rules: Rules,
     pub hits: HitTemplate,
+    pub headers: HeaderSources,
+}
+
+/// Which headers the host glue reads for a hit, besides the fixed ones. Names are lower-case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderSources {
+    /// Response headers starting with this set the app's tracking params; none when empty.
+    pub response_prefix: String,
+    pub uid: Option<String>,
+    pub cid: Option<String>,
+    /// (request header, custom dimension N)
+    pub dimensions: Vec<(String, u16)>,
 }
 
 /// Where hits go: the `:authority` and `:path` of bulk calls to Matomo.
@@ -270,17 +305,66 @@ impl RawConfig {
             &self.allowed_methods,
             &self.ignored_methods,
         )?;
-        let mut routes = BTreeMap::new();
+        let mut routes = HashMap::new();
         for (path, params) in self.routes_details {
-            let details = RouteDetails::new(&path, params)?;
+            let details = RouteDetails::new(&format!("routes_details.{path}"), params)?;
             routes.insert(path, details);
         }
+        let query_filter = match (self.keep_query_params, self.strip_query_params.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    "keep_query_params",
+                    "give either keep_query_params or strip_query_params, not both",
+                ))
+            }
+            (Some(keep), true) => QueryFilter::Keep(keep),
+            (None, false) => QueryFilter::Strip(self.strip_query_params),
+            (None, true) => QueryFilter::KeepAll,
+        };
+        if let Some(cid) = self.cid.as_deref().filter(|c| !is_visitor_id(c)) {
+            return Err(ConfigError::new(
+                "cid",
+                format!("must be 16 hexadecimal characters, got {cid:?}"),
+            ));
+        }
+        for (key, set) in [
+            ("cid", self.cid.is_some()),
+            ("cid_header", self.cid_header.is_some()),
+        ] {
+            if set && token_auth.is_none() {
+                return Err(ConfigError::new(
+                    key,
+                    "Matomo honours a forced visitor id only with token_auth",
+                ));
+            }
+        }
+        let headers = HeaderSources {
+            response_prefix: self.response_header_prefix.to_ascii_lowercase(),
+            uid: header_name("uid_header", self.uid_header)?,
+            cid: header_name("cid_header", self.cid_header)?,
+            dimensions: self
+                .dimension_headers
+                .into_iter()
+                .map(|(name, Dimension(n))| {
+                    Ok((
+                        header_name("dimension_headers", Some(name))?.unwrap_or_default(),
+                        n,
+                    ))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+        };
         let hits = HitTemplate::new(
             self.id_site.0,
-            base_url,
-            self.assume_https,
-            token_auth.is_some(),
-            routes,
+            HitOptions {
+                base_url,
+                assume_https: self.assume_https,
+                with_client_ip: token_auth.is_some(),
+                routes,
+                action_rules: ActionRules::new(self.action_rules)?,
+                query_filter,
+                cid: self.cid,
+                bots: self.bots,
+            },
         );
         Ok(Settings {
             tracker,
@@ -290,6 +374,7 @@ impl RawConfig {
             batch,
             rules,
             hits,
+            headers,
         })
     }
 }
@@ -354,6 +439,38 @@ fn parse_matomo_url(url: &str) -> Result<Tracker, ConfigError> {
         authority: authority.to_owned(),
         path,
     })
+}
+
+/// A header name as Envoy stores it: lower-case, non-empty, no spaces.
+fn header_name(key: &str, name: Option<String>) -> Result<Option<String>, ConfigError> {
+    match name {
+        Some(n) if n.is_empty() || n.contains(|c: char| c.is_whitespace() || c == ':') => {
+            Err(ConfigError::new(key, format!("{n:?} is not a header name")))
+        }
+        n => Ok(n.map(|n| n.to_ascii_lowercase())),
+    }
+}
+
+/// A custom dimension: `3` or `"dimension3"`.
+struct Dimension(u16);
+
+impl<'de> Deserialize<'de> for Dimension {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        let n = match &v {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.strip_prefix("dimension").and_then(|n| n.parse().ok()),
+            _ => None,
+        };
+        n.and_then(|n| u16::try_from(n).ok())
+            .filter(|n| (1..=999).contains(n))
+            .map(Dimension)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "must be 1 to 999 or \"dimension1\" to \"dimension999\", got {v}"
+                ))
+            })
+    }
 }
 
 /// A Matomo site id: a positive integer, or a string of digits as some deployments template it.
@@ -602,6 +719,69 @@ mod tests {
         assert!(parse("{").is_err());
         assert!(parse("[]").is_err());
         assert!(parse("\u{0}\u{ff}").is_err());
+    }
+
+    #[test]
+    fn app_identity_naming_and_privacy_keys_are_read() {
+        let s = parse(&with(
+            r#""token_auth":"t","response_header_prefix":"X-Track-","uid_header":"X-User",
+               "cid_header":"x-visitor","cid":"0123456789ABCDEF","bots":true,
+               "action_rules":[{"pattern":"/u/(\\d+)","action_name":"User"}],
+               "strip_query_params":["token"],
+               "dimension_headers":{"X-Tenant":1,"x-api-version":"dimension2"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            s.headers,
+            HeaderSources {
+                response_prefix: "x-track-".into(),
+                uid: Some("x-user".into()),
+                cid: Some("x-visitor".into()),
+                dimensions: vec![("x-tenant".into(), 1), ("x-api-version".into(), 2)],
+            }
+        );
+        assert_eq!(
+            parse(&with("")).unwrap().headers.response_prefix,
+            "x-matomo-"
+        );
+        assert_eq!(
+            parse(&with(r#""response_header_prefix":"""#))
+                .unwrap()
+                .headers
+                .response_prefix,
+            ""
+        );
+    }
+
+    #[test]
+    fn bad_app_identity_naming_and_privacy_values_name_the_key() {
+        for (extra, key) in [
+            (r#""token_auth":"t","cid":"xyz""#, "cid"),
+            (r#""cid":"0123456789abcdef""#, "cid"),
+            (r#""cid_header":"x-v""#, "cid_header"),
+            (r#""uid_header":"""#, "uid_header"),
+            (r#""dimension_headers":{"x-t":0}"#, "dimension_headers.x-t"),
+            (
+                r#""dimension_headers":{"x-t":"dim1"}"#,
+                "dimension_headers.x-t",
+            ),
+            (r#""dimension_headers":{"x t":1}"#, "dimension_headers"),
+            (
+                r#""strip_query_params":["a"],"keep_query_params":["b"]"#,
+                "keep_query_params",
+            ),
+            (r#""action_rules":[{"pattern":"("}]"#, "action_rules[0]"),
+            (
+                r#""action_rules":[{"pattern":"(","action_name":"x"}]"#,
+                "action_rules[0].pattern",
+            ),
+            (
+                r#""action_rules":[{"pattern":"a","action_name":"x","extra":1}]"#,
+                "action_rules[0].extra",
+            ),
+        ] {
+            assert_eq!(err(&with(extra)).key, key, "{extra}");
+        }
     }
 
     #[test]

@@ -1,61 +1,40 @@
 //! One request becomes one Matomo tracking query string (`?idsite=…&rec=1&…`), the form Matomo's
-//! bulk API takes in `requests`. Everything constant is built at configure time; per request the
-//! encoder writes into one `String`, percent-encoding as it goes.
+//! bulk API takes in `requests`. Everything constant is built at configure time.
+//!
+//! Parameters come from four sources, later ones overriding earlier ones: the filter's own
+//! (url, action_name, ua, …), identity (uid, _id, cid, dimensions from request headers), the
+//! exact `routes_details` entry or else the first matching action rule, and last the app's own
+//! response headers. Each parameter is sent once.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write;
 
 use serde_json::Value;
 
+use crate::actions::ActionRules;
 use crate::config::ConfigError;
+use crate::privacy::QueryFilter;
 use crate::request::RequestFacts;
 
-/// Parameters the filter sets itself; `routes_details` may not override them.
-const RESERVED: [&str; 6] = ["idsite", "rec", "apiv", "rand", "token_auth", "cip"];
+/// Parameters the filter sets itself; config may not override them.
+pub const RESERVED: [&str; 6] = ["idsite", "rec", "apiv", "rand", "token_auth", "cip"];
 
-/// Per-request parameters a `routes_details` entry may replace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Field {
-    Url,
-    ActionName,
-    Ua,
-    Lang,
-    Urlref,
-    PfSrv,
-    Cdt,
-}
-
-impl Field {
-    fn from_key(key: &str) -> Option<Field> {
-        Some(match key {
-            "url" => Field::Url,
-            "action_name" => Field::ActionName,
-            "ua" => Field::Ua,
-            "lang" => Field::Lang,
-            "urlref" => Field::Urlref,
-            "pf_srv" => Field::PfSrv,
-            "cdt" => Field::Cdt,
-            _ => return None,
-        })
-    }
-}
-
-/// What `routes_details` says about one exact path, pre-encoded.
+/// Extra parameters for the requests of one route or action rule, pre-encoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteDetails {
-    /// Values that replace the filter's own, already percent-encoded.
-    overrides: Vec<(Field, String)>,
-    /// Further parameters, as `&key=value…`, already percent-encoded.
-    extra: String,
-    /// Further `cvar` entries as a JSON fragment (`,"3":["k","v"]…`), not yet percent-encoded.
-    cvar: String,
+    /// (name, percent-encoded value)
+    params: Vec<(String, String)>,
+    /// `cvar` entries (name, value) appended after the filter's own.
+    cvar: Vec<(String, String)>,
 }
 
 impl RouteDetails {
-    pub fn new(path: &str, params: serde_json::Map<String, Value>) -> Result<Self, ConfigError> {
+    /// `at` is where these params sit in the config, for errors (`routes_details./users`).
+    pub fn new(at: &str, params: serde_json::Map<String, Value>) -> Result<Self, ConfigError> {
         let mut details = RouteDetails::default();
         for (key, value) in params {
-            let at = format!("routes_details.{path}.{key}");
+            let at = format!("{at}.{key}");
             if RESERVED.contains(&key.as_str()) {
                 return Err(ConfigError {
                     key: at,
@@ -63,29 +42,30 @@ impl RouteDetails {
                 });
             }
             if key == "cvar" {
-                details.cvar = cvar_fragment(&at, value)?;
+                let Value::Object(entries) = value else {
+                    return Err(ConfigError {
+                        key: at,
+                        message: "must be an object of name to value".into(),
+                    });
+                };
+                for (name, v) in entries {
+                    let v = scalar(&format!("{at}.{name}"), v)?;
+                    details.cvar.push((name, v));
+                }
                 continue;
             }
-            let value = scalar(&at, value)?;
             let mut encoded = String::new();
-            push_encoded(&mut encoded, &value);
-            match Field::from_key(&key) {
-                Some(field) => details.overrides.push((field, encoded)),
-                None => {
-                    details.extra.push('&');
-                    push_encoded(&mut details.extra, &key);
-                    details.extra.push('=');
-                    details.extra.push_str(&encoded);
-                }
-            }
+            push_encoded(&mut encoded, &scalar(&at, value)?);
+            details.params.push((key, encoded));
         }
         Ok(details)
     }
 
-    fn get(&self, field: Field) -> Option<&str> {
-        self.overrides
+    /// The encoded value of a parameter, if these details set it.
+    pub fn param(&self, key: &str) -> Option<&str> {
+        self.params
             .iter()
-            .find(|(f, _)| *f == field)
+            .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 }
@@ -102,55 +82,86 @@ fn scalar(key: &str, value: Value) -> Result<String, ConfigError> {
     }
 }
 
-/// `{"name": "value", …}` becomes Matomo's indexed entries, numbered after the filter's two.
-fn cvar_fragment(key: &str, value: Value) -> Result<String, ConfigError> {
-    let Value::Object(entries) = value else {
-        return Err(ConfigError {
-            key: key.to_owned(),
-            message: "must be an object of name to value".into(),
-        });
-    };
-    let mut out = String::new();
-    for (i, (name, value)) in entries.into_iter().enumerate() {
-        let value = scalar(&format!("{key}.{name}"), value)?;
-        let pair = Value::Array(vec![Value::String(name), Value::String(value)]);
-        let _ = write!(out, ",\"{}\":{}", i + 3, pair);
-    }
-    Ok(out)
+/// Per-site options of the hit, compiled from the config.
+#[derive(Default)]
+pub struct HitOptions {
+    pub base_url: Option<String>,
+    pub assume_https: bool,
+    pub with_client_ip: bool,
+    pub routes: HashMap<String, RouteDetails>,
+    pub action_rules: ActionRules,
+    pub query_filter: QueryFilter,
+    /// A fixed visitor id (`cid`), 16 hex characters.
+    pub cid: Option<String>,
+    pub bots: bool,
 }
 
-/// The constant part of every hit and the per-site options, compiled from the config.
+/// The constant part of every hit and the per-site options.
 pub struct HitTemplate {
     id_site: u64,
     /// `?idsite=N&rec=1&apiv=1`
     prefix: String,
-    base_url: Option<String>,
-    assume_https: bool,
-    with_client_ip: bool,
-    routes: HashMap<String, RouteDetails>,
+    /// `_pk_id.N.`: the start of Matomo's visitor cookie name for this site.
+    cookie_prefix: String,
+    options: HitOptions,
+}
+
+/// A parameter value: raw (to be encoded) or already encoded at configure time.
+enum Val<'a> {
+    Raw(Cow<'a, str>),
+    Encoded(&'a str),
+}
+
+/// The hit's parameters in order; setting a name again replaces its value in place.
+struct Params<'a>(Vec<(Cow<'a, str>, Val<'a>)>);
+
+impl<'a> Params<'a> {
+    fn set(&mut self, key: impl Into<Cow<'a, str>>, value: Val<'a>) {
+        let key = key.into();
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    fn raw(&mut self, key: &'a str, value: impl Into<Cow<'a, str>>) {
+        self.set(key, Val::Raw(value.into()));
+    }
+
+    fn details(&mut self, details: &'a RouteDetails) {
+        for (k, v) in &details.params {
+            self.set(k.as_str(), Val::Encoded(v));
+        }
+    }
+
+    fn write(&self, out: &mut String) {
+        for (key, value) in &self.0 {
+            out.push('&');
+            push_encoded(out, key);
+            out.push('=');
+            match value {
+                Val::Raw(v) => push_encoded(out, v),
+                Val::Encoded(v) => out.push_str(v),
+            }
+        }
+    }
 }
 
 impl HitTemplate {
-    pub fn new(
-        id_site: u64,
-        base_url: Option<String>,
-        assume_https: bool,
-        with_client_ip: bool,
-        routes: impl IntoIterator<Item = (String, RouteDetails)>,
-    ) -> Self {
-        let base_url = base_url.map(|b| match b.get(..7) {
-            Some(s) if assume_https && s.eq_ignore_ascii_case("http://") => {
-                format!("https://{}", b.get(7..).unwrap_or(""))
-            }
-            _ => b,
-        });
+    pub fn new(id_site: u64, mut options: HitOptions) -> Self {
+        if options.assume_https {
+            options.base_url = options.base_url.map(|b| match b.get(..7) {
+                Some(s) if s.eq_ignore_ascii_case("http://") => {
+                    format!("https://{}", b.get(7..).unwrap_or(""))
+                }
+                _ => b,
+            });
+        }
         HitTemplate {
             id_site,
             prefix: format!("?idsite={id_site}&rec=1&apiv=1"),
-            base_url,
-            assume_https,
-            with_client_ip,
-            routes: routes.into_iter().collect(),
+            cookie_prefix: format!("_pk_id.{id_site}."),
+            options,
         }
     }
 
@@ -158,63 +169,123 @@ impl HitTemplate {
         self.id_site
     }
     pub fn base_url(&self) -> Option<&str> {
-        self.base_url.as_deref()
+        self.options.base_url.as_deref()
     }
     pub fn assume_https(&self) -> bool {
-        self.assume_https
+        self.options.assume_https
     }
     /// Hits carry `cip` only with a token: Matomo ignores it otherwise.
     pub fn with_client_ip(&self) -> bool {
-        self.with_client_ip
+        self.options.with_client_ip
     }
     pub fn route(&self, path: &str) -> Option<&RouteDetails> {
-        self.routes.get(path)
+        self.options.routes.get(path)
     }
 
     /// The hit for one request: a query string with only URL-safe characters, ready to be put
     /// into a JSON string without escaping.
     pub fn encode(&self, req: &RequestFacts, rand: u32) -> String {
+        let o = &self.options;
+        let path_only = req.path_only();
+        let mut p = Params(Vec::with_capacity(24));
+
+        // The filter's own.
+        p.set("rand", Val::Raw(rand.to_string().into()));
+        p.raw("url", self.url(req));
+        p.raw("action_name", percent_decode_lossy(path_only));
+        for (key, value) in [
+            ("ua", &req.user_agent),
+            ("lang", &req.accept_language),
+            ("urlref", &req.referer),
+        ] {
+            if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+                let v = if key == "urlref" {
+                    o.query_filter.apply(v)
+                } else {
+                    v.into()
+                };
+                p.raw(key, v);
+            }
+        }
+        if let Some(ms) = req.server_time_ms {
+            p.raw("pf_srv", ms.to_string());
+        }
+        p.raw("cdt", req.time_secs.to_string());
+
+        // Identity.
+        if let Some(id) = req.cookie.as_deref().and_then(|c| self.visitor_id(c)) {
+            p.raw("_id", id);
+        }
+        if let Some(uid) = req.uid.as_deref().filter(|v| !v.is_empty()) {
+            p.raw("uid", uid);
+        }
+        if let Some(cid) = req
+            .cid
+            .as_deref()
+            .filter(|c| is_visitor_id(c))
+            .or(o.cid.as_deref())
+        {
+            p.raw("cid", cid);
+        }
+        for (n, value) in &req.dimensions {
+            p.set(format!("dimension{n}"), Val::Raw(value.as_str().into()));
+        }
+        if o.bots {
+            p.raw("bots", "1");
+        }
+
+        // Config: the exact route, else the first action rule.
+        let route = o.routes.get(path_only);
+        let rule = match route {
+            Some(_) => None,
+            None => o.action_rules.find(path_only),
+        };
+        let details = route.or(rule.as_ref().map(|(_, d)| *d));
+        if let Some((name, _)) = &rule {
+            p.raw("action_name", name.as_str());
+        }
+        if let Some(d) = details {
+            p.details(d);
+        }
+
+        // The app's own, last.
+        for (k, v) in &req.app.params {
+            p.raw(k.as_str(), v.as_str());
+        }
+
+        p.raw("cvar", self.cvar(req, details));
+        if o.with_client_ip {
+            if let Some(ip) = &req.client_ip {
+                p.raw("cip", ip.as_str());
+            }
+        }
+
         let mut out = String::with_capacity(256 + req.path.len() * 2);
         out.push_str(&self.prefix);
-        let _ = write!(out, "&rand={rand}");
-        let path_only = req.path_only();
-        let route = self.routes.get(path_only);
-        let given = |field| route.and_then(|r| r.get(field));
+        p.write(&mut out);
+        out
+    }
 
-        out.push_str("&url=");
-        match given(Field::Url) {
-            Some(v) => out.push_str(v),
-            None => self.push_url(&mut out, req),
-        }
-        out.push_str("&action_name=");
-        match given(Field::ActionName) {
-            Some(v) => out.push_str(v),
-            None => push_encoded(&mut out, &percent_decode_lossy(path_only)),
-        }
-        push_param(&mut out, "ua", given(Field::Ua), req.user_agent.as_deref());
-        push_param(
-            &mut out,
-            "lang",
-            given(Field::Lang),
-            req.accept_language.as_deref(),
-        );
-        push_param(
-            &mut out,
-            "urlref",
-            given(Field::Urlref),
-            req.referer.as_deref(),
-        );
-        match (given(Field::PfSrv), req.server_time_ms) {
-            (Some(v), _) => {
-                out.push_str("&pf_srv=");
-                out.push_str(v);
+    /// `scheme://authority/raw-path?query`, or `base_url` + raw path and query.
+    fn url(&self, req: &RequestFacts) -> String {
+        let path = self.options.query_filter.apply(&req.path);
+        match &self.options.base_url {
+            Some(base) => format!("{base}{path}"),
+            None => {
+                let scheme = if self.options.assume_https {
+                    "https"
+                } else if req.scheme.is_empty() {
+                    "http"
+                } else {
+                    &req.scheme
+                };
+                format!("{scheme}://{}{path}", req.authority)
             }
-            (None, Some(ms)) => {
-                let _ = write!(out, "&pf_srv={ms}");
-            }
-            (None, None) => {}
         }
-        out.push_str("&cvar=");
+    }
+
+    /// Matomo's indexed custom variables: status and method first, then config's, then the app's.
+    fn cvar(&self, req: &RequestFacts, details: Option<&RouteDetails>) -> String {
         let mut cvar = String::with_capacity(64);
         let _ = write!(
             cvar,
@@ -222,61 +293,36 @@ impl HitTemplate {
             req.status,
             Value::String(req.method.clone())
         );
-        if let Some(r) = route {
-            cvar.push_str(&r.cvar);
+        let extra = details
+            .map_or(&[][..], |d| &d.cvar[..])
+            .iter()
+            .chain(&req.app.cvar);
+        for (i, (name, value)) in extra.enumerate() {
+            let pair = Value::Array(vec![
+                Value::String(name.clone()),
+                Value::String(value.clone()),
+            ]);
+            let _ = write!(cvar, ",\"{}\":{}", i + 3, pair);
         }
         cvar.push('}');
-        push_encoded(&mut out, &cvar);
-        match given(Field::Cdt) {
-            Some(v) => {
-                out.push_str("&cdt=");
-                out.push_str(v);
-            }
-            None => {
-                let _ = write!(out, "&cdt={}", req.time_secs);
-            }
-        }
-        if self.with_client_ip {
-            if let Some(ip) = &req.client_ip {
-                out.push_str("&cip=");
-                push_encoded(&mut out, ip);
-            }
-        }
-        if let Some(r) = route {
-            out.push_str(&r.extra);
-        }
-        out
+        cvar
     }
 
-    /// `scheme://authority/raw-path?query`, or `base_url` + raw path and query.
-    fn push_url(&self, out: &mut String, req: &RequestFacts) {
-        match &self.base_url {
-            Some(base) => push_encoded(out, base),
-            None => {
-                let scheme = if self.assume_https {
-                    "https"
-                } else if req.scheme.is_empty() {
-                    "http"
-                } else {
-                    &req.scheme
-                };
-                push_encoded(out, scheme);
-                out.push_str("%3A%2F%2F");
-                push_encoded(out, &req.authority);
+    /// The visitor id of Matomo's JavaScript tracker cookie (`_pk_id.<idsite>.<hash>=<id>.<ts>.`).
+    fn visitor_id<'c>(&self, cookie: &'c str) -> Option<&'c str> {
+        cookie.split(';').find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            if !name.starts_with(&self.cookie_prefix) {
+                return None;
             }
-        }
-        push_encoded(out, &req.path);
+            value.get(..16).filter(|id| is_visitor_id(id))
+        })
     }
 }
 
-/// `&key=value` when the route or the request has a non-empty value.
-fn push_param(out: &mut String, key: &str, given: Option<&str>, value: Option<&str>) {
-    if let Some(v) = given {
-        let _ = write!(out, "&{key}={v}");
-    } else if let Some(v) = value.filter(|v| !v.is_empty()) {
-        let _ = write!(out, "&{key}=");
-        push_encoded(out, v);
-    }
+/// Matomo visitor ids (`_id`, `cid`) are 16 hexadecimal characters.
+pub fn is_visitor_id(id: &str) -> bool {
+    id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters, so the result is safe in a
@@ -367,18 +413,34 @@ pub(crate) mod tests {
             server_time_ms: Some(42),
             time_secs: 1_700_000_000,
             client_ip: Some("203.0.113.9".into()),
+            ..Default::default()
         }
     }
 
-    fn template(with_ip: bool) -> HitTemplate {
-        HitTemplate::new(3, None, false, with_ip, [])
+    fn with(options: HitOptions) -> HitTemplate {
+        HitTemplate::new(3, options)
     }
 
-    fn route(json: &str) -> RouteDetails {
+    fn template(with_client_ip: bool) -> HitTemplate {
+        with(HitOptions {
+            with_client_ip,
+            ..Default::default()
+        })
+    }
+
+    fn object(json: &str) -> serde_json::Map<String, Value> {
         let Value::Object(m) = serde_json::from_str(json).unwrap() else {
             unreachable!()
         };
-        RouteDetails::new("/r", m).unwrap()
+        m
+    }
+
+    fn route(json: &str) -> RouteDetails {
+        RouteDetails::new("routes_details./r", object(json)).unwrap()
+    }
+
+    fn routes(path: &str, details: RouteDetails) -> HashMap<String, RouteDetails> {
+        HashMap::from([(path.to_string(), details)])
     }
 
     #[test]
@@ -447,7 +509,10 @@ pub(crate) mod tests {
 
     #[test]
     fn assume_https_forces_the_scheme() {
-        let t = HitTemplate::new(3, None, true, false, []);
+        let t = with(HitOptions {
+            assume_https: true,
+            ..Default::default()
+        });
         let p = decode(&t.encode(&req(), 1));
         assert!(p["url"].starts_with("https://shop.example:10000/"));
         let mut r = req();
@@ -458,10 +523,17 @@ pub(crate) mod tests {
 
     #[test]
     fn base_url_replaces_scheme_and_authority() {
-        let t = HitTemplate::new(3, Some("http://www.example/app".into()), false, false, []);
+        let t = with(HitOptions {
+            base_url: Some("http://www.example/app".into()),
+            ..Default::default()
+        });
         let p = decode(&t.encode(&req(), 1));
         assert_eq!(p["url"], "http://www.example/app/users/a%20b?q=x%26y&z=1");
-        let t = HitTemplate::new(3, Some("http://www.example".into()), true, false, []);
+        let t = with(HitOptions {
+            base_url: Some("http://www.example".into()),
+            assume_https: true,
+            ..Default::default()
+        });
         let p = decode(&t.encode(&req(), 1));
         assert_eq!(p["url"], "https://www.example/users/a%20b?q=x%26y&z=1");
     }
@@ -469,13 +541,10 @@ pub(crate) mod tests {
     #[test]
     fn routes_details_override_and_add_params() {
         let details = route(r#"{"action_name":"Users","e_a":"listing","e_v":3,"ua":"x"}"#);
-        let t = HitTemplate::new(
-            3,
-            None,
-            false,
-            false,
-            [("/users/a%20b".to_string(), details)],
-        );
+        let t = with(HitOptions {
+            routes: routes("/users/a%20b", details),
+            ..Default::default()
+        });
         let p = decode(&t.encode(&req(), 1));
         assert_eq!(p["action_name"], "Users");
         assert_eq!(p["e_a"], "listing");
@@ -491,13 +560,10 @@ pub(crate) mod tests {
     #[test]
     fn routes_details_cvar_is_indexed_after_status_and_method() {
         let details = route(r#"{"cvar":{"team":"web","tier":2}}"#);
-        let t = HitTemplate::new(
-            3,
-            None,
-            false,
-            false,
-            [("/users/a%20b".to_string(), details)],
-        );
+        let t = with(HitOptions {
+            routes: routes("/users/a%20b", details),
+            ..Default::default()
+        });
         let p = decode(&t.encode(&req(), 1));
         let cvar: Value = serde_json::from_str(&p["cvar"]).unwrap();
         assert_eq!(
@@ -518,12 +584,113 @@ pub(crate) mod tests {
             r#"{"cvar":"x"}"#,
             r#"{"cvar":{"k":[1]}}"#,
         ] {
-            let Value::Object(m) = serde_json::from_str(json).unwrap() else {
-                unreachable!()
-            };
-            let e = RouteDetails::new("/r", m).unwrap_err();
+            let e = RouteDetails::new("routes_details./r", object(json)).unwrap_err();
             assert!(e.key.starts_with("routes_details./r."), "{json}: {e:?}");
         }
+    }
+
+    #[test]
+    fn identity_comes_from_cookie_headers_and_config() {
+        let mut r = req();
+        r.cookie = Some(
+            "a=1; _pk_id.3.1fff=0123456789abcdef.1700000000.; _pk_id.4.1=ffffffffffffffff.1".into(),
+        );
+        r.uid = Some("alice@example.com".into());
+        r.cid = Some("fedcba9876543210".into());
+        r.dimensions = vec![(2, "tenant-a".into()), (5, "v2".into())];
+        let t = with(HitOptions {
+            cid: Some("0000000000000001".into()),
+            bots: true,
+            ..Default::default()
+        });
+        let p = decode(&t.encode(&r, 1));
+        assert_eq!(p["_id"], "0123456789abcdef", "the cookie of this site only");
+        assert_eq!(p["uid"], "alice@example.com");
+        assert_eq!(
+            p["cid"], "fedcba9876543210",
+            "the header wins over the fixed cid"
+        );
+        assert_eq!(p["dimension2"], "tenant-a");
+        assert_eq!(p["dimension5"], "v2");
+        assert_eq!(p["bots"], "1");
+
+        r.cid = Some("not-a-visitor-id".into());
+        r.cookie = Some("_pk_id.3.1fff=short.1".into());
+        let p = decode(&t.encode(&r, 1));
+        assert_eq!(p["cid"], "0000000000000001");
+        assert!(!p.contains_key("_id"));
+        let p = decode(&template(false).encode(&req(), 1));
+        for key in ["_id", "uid", "cid", "bots"] {
+            assert!(!p.contains_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn the_app_overrides_config_which_overrides_the_filter() {
+        let mut r = req();
+        r.path = "/users/7?x=1".into();
+        r.dimensions = vec![(1, "from-header".into())];
+        r.app.add("e-a", "app-action");
+        r.app.add("dimension1", "from-app");
+        r.app.add("pf-srv", "5");
+        r.app.add("cvar", r#"{"app":"yes"}"#);
+        let details = route(r#"{"e_a":"route-action","e_c":"route-cat","cvar":{"route":"yes"}}"#);
+        let t = with(HitOptions {
+            routes: routes("/users/7", details),
+            ..Default::default()
+        });
+        let hit = t.encode(&r, 1);
+        let p = decode(&hit);
+        assert_eq!(p["e_a"], "app-action");
+        assert_eq!(p["e_c"], "route-cat");
+        assert_eq!(p["dimension1"], "from-app");
+        assert_eq!(p["pf_srv"], "5");
+        assert_eq!(hit.matches("&e_a=").count(), 1, "{hit}");
+        let cvar: Value = serde_json::from_str(&p["cvar"]).unwrap();
+        assert_eq!(cvar["3"], serde_json::json!(["route", "yes"]));
+        assert_eq!(cvar["4"], serde_json::json!(["app", "yes"]));
+    }
+
+    #[test]
+    fn action_rules_name_paths_unless_an_exact_route_does() {
+        let rules = ActionRules::new(
+            serde_json::from_str(
+                r#"[{"pattern":"/users/(\\d+)/orders","action_name":"Users / orders","params":{"e_c":"orders"}}]"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let t = with(HitOptions {
+            action_rules: rules,
+            routes: routes("/users/1/orders", route(r#"{"action_name":"Exact"}"#)),
+            ..Default::default()
+        });
+        let mut r = req();
+        r.path = "/users/42/orders?page=3".into();
+        let p = decode(&t.encode(&r, 1));
+        assert_eq!(p["action_name"], "Users / orders");
+        assert_eq!(p["e_c"], "orders");
+        r.path = "/users/1/orders".into();
+        let p = decode(&t.encode(&r, 1));
+        assert_eq!(p["action_name"], "Exact");
+        assert!(!p.contains_key("e_c"));
+        r.app.add("action-name", "From app");
+        assert_eq!(decode(&t.encode(&r, 1))["action_name"], "From app");
+    }
+
+    #[test]
+    fn query_privacy_applies_to_url_and_urlref() {
+        let mut r = req();
+        r.path = "/reset?token=abc&email=a%40b.c&step=2".into();
+        r.referer = Some("https://mail.example/?email=a%40b.c&x=1".into());
+        let t = with(HitOptions {
+            query_filter: QueryFilter::Strip(vec!["token".into(), "email".into()]),
+            ..Default::default()
+        });
+        let p = decode(&t.encode(&r, 1));
+        assert_eq!(p["url"], "http://shop.example:10000/reset?step=2");
+        assert_eq!(p["urlref"], "https://mail.example/?x=1");
+        assert_eq!(p["action_name"], "/reset");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The per-request context: notes two timestamps and, once the stream is done (`on_log`), reads
-//! what the hit needs and hands it to the [`Tracker`]. It never pauses or changes the request.
+//! The per-request context: notes two timestamps, takes the app's `x-matomo-*` response
+//! headers (and removes them before the client sees them), and once the stream is done
+//! (`on_log`) reads what the hit needs and hands it to the [`Tracker`]. It never pauses a request.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -7,8 +8,10 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType};
+use proxy_wasm::types::{Action, MapType, Status};
 
+use crate::app::AppParams;
+use crate::headers::decode_pairs;
 use crate::request::{client_ip, lossy, RequestFacts};
 use crate::root::now;
 use crate::tracker::Tracker;
@@ -17,6 +20,7 @@ pub struct Filter {
     tracker: Option<Rc<RefCell<Tracker>>>,
     started: Option<Duration>,
     responded: Option<Duration>,
+    app: AppParams,
 }
 
 impl Filter {
@@ -25,8 +29,39 @@ impl Filter {
             tracker,
             started: None,
             responded: None,
+            app: AppParams::default(),
         }
     }
+
+    /// Takes the app's tracking headers off the response, remembering what they said.
+    fn take_app_headers(&mut self, prefix: &str) {
+        for (name, value) in header_pairs(MapType::HttpResponseHeaders) {
+            if let Some(suffix) = name.strip_prefix(prefix) {
+                self.app.add(suffix, &value);
+                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name);
+            }
+        }
+    }
+}
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+}
+
+/// All headers of a map, decoded lossily (see `headers.rs` for why not the SDK's getter).
+fn header_pairs(map: MapType) -> Vec<(String, String)> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a buffer it allocated through this module's allocator
+    // (proxy_on_memory_allocate), which we then own.
+    let bytes = unsafe {
+        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
+            _ => return Vec::new(),
+        }
+    };
+    decode_pairs(&bytes)
 }
 
 /// A header as bytes, converted lossily: header values may hold any byte.
@@ -51,6 +86,15 @@ impl HttpContext for Filter {
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
         self.responded = Some(now());
+        let Some(tracker) = self.tracker.clone() else {
+            return Action::Continue;
+        };
+        if let Ok(tracker) = tracker.try_borrow() {
+            let prefix = &tracker.settings.headers.response_prefix;
+            if !prefix.is_empty() {
+                self.take_app_headers(prefix);
+            }
+        }
         Action::Continue
     }
 
@@ -80,6 +124,7 @@ impl HttpContext for Filter {
         } else {
             None
         };
+        let sources = &tracker.settings.headers;
         let facts = RequestFacts {
             method,
             scheme: request_header(":scheme").unwrap_or_default(),
@@ -96,6 +141,15 @@ impl HttpContext for Filter {
                 .map(|r| u64::try_from(r.saturating_sub(started).as_millis()).unwrap_or(u64::MAX)),
             time_secs: started.as_secs(),
             client_ip,
+            cookie: request_header("cookie"),
+            uid: sources.uid.as_deref().and_then(request_header),
+            cid: sources.cid.as_deref().and_then(request_header),
+            dimensions: sources
+                .dimensions
+                .iter()
+                .filter_map(|(name, n)| Some((*n, request_header(name)?)))
+                .collect(),
+            app: std::mem::take(&mut self.app),
         };
         tracker.track(&facts);
     }

@@ -1,13 +1,18 @@
 //! matomo-proxy-wasm: server-side Matomo tracking for every request through Envoy or Istio.
 //!
-//! Pure modules (config, rules, request, hit, batch, tracker, metrics, log_limit) hold all the
+//! Pure modules (config, rules, actions, privacy, app, request, hit, batch, tracker, metrics,
+//! log_limit) hold all the
 //! logic and are tested natively; `root` and `http` are the thin proxy-wasm glue, built for wasm.
 
+pub mod actions;
+pub mod app;
 pub mod batch;
 pub mod config;
+pub mod headers;
 pub mod hit;
 pub mod log_limit;
 pub mod metrics;
+pub mod privacy;
 pub mod request;
 pub mod rules;
 pub mod tracker;

@@ -12,6 +12,8 @@ pub enum Counter {
     IgnoredPattern,
     IgnoredUserAgent,
     IgnoredMethod,
+    IgnoredApp,
+    AppParamsRefused,
     HitsSent,
     HitsRetried,
     HitsDropped,
@@ -21,13 +23,15 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 14] = [
         Counter::RequestsSeen,
         Counter::RequestsTracked,
         Counter::IgnoredRoute,
         Counter::IgnoredPattern,
         Counter::IgnoredUserAgent,
         Counter::IgnoredMethod,
+        Counter::IgnoredApp,
+        Counter::AppParamsRefused,
         Counter::HitsSent,
         Counter::HitsRetried,
         Counter::HitsDropped,
@@ -45,6 +49,8 @@ impl Counter {
             Counter::IgnoredPattern => "matomo.requests_ignored.pattern",
             Counter::IgnoredUserAgent => "matomo.requests_ignored.user_agent",
             Counter::IgnoredMethod => "matomo.requests_ignored.method",
+            Counter::IgnoredApp => "matomo.requests_ignored.app",
+            Counter::AppParamsRefused => "matomo.app_params_refused",
             Counter::HitsSent => "matomo.hits_sent",
             Counter::HitsRetried => "matomo.hits_retried",
             Counter::HitsDropped => "matomo.hits_dropped",

@@ -1,6 +1,8 @@
 //! The facts about one finished request, as plain owned data. The host glue fills this once in
 //! `on_log`; everything after it (rules, hit encoding) is pure and tested natively.
 
+use crate::app::AppParams;
+
 /// What Matomo is told about one request. Host bytes arrive here converted lossily, so any
 /// header value (non-UTF-8, empty, huge) is just a string from now on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,6 +24,16 @@ pub struct RequestFacts {
     pub time_secs: u64,
     /// The client address Envoy computed, without port; read only when a token lets us send it.
     pub client_ip: Option<String>,
+    /// The `cookie` header, where Matomo's JavaScript tracker keeps its visitor id.
+    pub cookie: Option<String>,
+    /// The user id, from the configured `uid_header` (e.g. set by `jwt_authn`).
+    pub uid: Option<String>,
+    /// A visitor id from the configured `cid_header`.
+    pub cid: Option<String>,
+    /// Custom dimensions from `dimension_headers`: (N, value).
+    pub dimensions: Vec<(u16, String)>,
+    /// What the app's `x-matomo-*` response headers said.
+    pub app: AppParams,
 }
 
 impl RequestFacts {

@@ -14,6 +14,8 @@ pub enum Ignored {
     Route,
     Pattern,
     UserAgent,
+    /// The app's response said `x-matomo-ignore: 1`.
+    App,
 }
 
 pub struct Rules {

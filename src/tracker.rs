@@ -51,14 +51,22 @@ impl Tracker {
                 Ignored::Route => Counter::IgnoredRoute,
                 Ignored::Pattern => Counter::IgnoredPattern,
                 Ignored::UserAgent => Counter::IgnoredUserAgent,
+                Ignored::App => Counter::IgnoredApp,
             },
             1,
         );
         Some(reason)
     }
 
-    /// Encodes the hit of a request that passed [`Tracker::ignored`] and queues it.
+    /// Encodes the hit of a request that passed [`Tracker::ignored`] and queues it, unless the
+    /// app's response asked not to track it.
     pub fn track(&mut self, facts: &RequestFacts) -> Tracked {
+        self.counters
+            .add(Counter::AppParamsRefused, facts.app.refused);
+        if facts.app.ignore {
+            self.counters.add(Counter::IgnoredApp, 1);
+            return Tracked::Ignored(Ignored::App);
+        }
         let hit = self.settings.hits.encode(facts, self.rand.next_u32());
         if self.batcher.push(hit) {
             self.counters.add(Counter::RequestsTracked, 1);

@@ -22,6 +22,18 @@ def request(port: int, path: str = "/", method: str = "GET", headers: dict | Non
         conn.close()
 
 
+def response_headers(port: int, path: str = "/", headers: dict | None = None) -> tuple[int, dict[str, str]]:
+    """Sends one GET; returns (status, response headers with lower-case names)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+    finally:
+        conn.close()
+
+
 def raw(port: int, data: bytes, timeout: float = 10.0) -> int:
     """Sends raw request bytes; returns the response status (0 if the connection closed first)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:

@@ -1,8 +1,10 @@
-"""The demo app behind Envoy: answers every path, `/status/<code>` with that code, and
-`?delay_ms=N` after N ms. `python -m tests.support.upstream PORT` runs it for `make run`."""
+"""The demo app behind Envoy: answers every path, `/status/<code>` with that code,
+`?delay_ms=N` after N ms, and sets the response headers a request lists as JSON in
+`x-demo-response-headers` (how tests play an app that sets `x-matomo-*` headers). `python -m tests.support.upstream PORT` runs it for `make run`."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -32,6 +34,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("content-type", "text/plain")
         self.send_header("content-length", str(len(body)))
+        for name, value in json.loads(self.headers.get("x-demo-response-headers") or "{}").items():
+            self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)

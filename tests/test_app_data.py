@@ -1,0 +1,106 @@
+"""Application-driven tracking data (x-matomo-* response headers), visitor identity, action
+naming rules and query privacy, end to end through real Envoy."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.support.client import request, response_headers
+
+BASE = {"matomo_url": "http://matomo.test/", "id_site": 3, "flush_interval": 0.1}
+
+
+def app_sets(headers: dict) -> dict:
+    """Request headers that make the demo app answer with these response headers."""
+    return {"x-demo-response-headers": json.dumps(headers)}
+
+
+def test_app_headers_set_the_hit_and_never_reach_the_client(start_envoy, matomo):
+    env = start_envoy(BASE)
+    status, seen = response_headers(env.port, "/play", app_sets({
+        "x-matomo-action-name": "Game / play", "x-matomo-e-c": "game", "x-matomo-e-a": "play",
+        "x-matomo-e-n": "level-1", "x-matomo-e-v": "3", "x-matomo-dimension4": "gold",
+        "x-matomo-uid": "user-42", "x-matomo-pf-srv": "17", "x-matomo-cvar": '{"plan": "pro"}',
+        "x-other": "kept"}))
+    assert status == 200
+    assert not [h for h in seen if h.startswith("x-matomo-")], seen
+    assert seen["x-other"] == "kept"
+    hit = matomo.wait_for_hits(1)[0]
+    assert hit["action_name"] == "Game / play"
+    assert (hit["e_c"], hit["e_a"], hit["e_n"], hit["e_v"]) == ("game", "play", "level-1", "3")
+    assert hit["dimension4"] == "gold" and hit["uid"] == "user-42" and hit["pf_srv"] == "17"
+    assert json.loads(hit["cvar"]) == {"1": ["http_status_code", "200"], "2": ["http_method", "GET"],
+                                       "3": ["plan", "pro"]}
+
+
+def test_refused_params_are_not_sent_and_are_counted(start_envoy, matomo):
+    env = start_envoy({**BASE, "token_auth": "real-token"})
+    _, seen = response_headers(env.port, "/r", app_sets({
+        "x-matomo-token-auth": "evil", "x-matomo-cip": "6.6.6.6", "x-matomo-idsite": "99",
+        "x-matomo-url": "http://elsewhere/", "x-matomo-bogus": "1", "x-matomo-e-a": "ok"}))
+    assert not [h for h in seen if h.startswith("x-matomo-")], seen
+    hit = matomo.wait_for_hits(1)[0]
+    assert hit["idsite"] == "3" and hit["cip"] == "127.0.0.1" and hit["e_a"] == "ok"
+    assert hit["url"] == f"http://127.0.0.1:{env.port}/r" and "bogus" not in hit
+    assert matomo.calls[0].json()["token_auth"] == "real-token"
+    time.sleep(0.3)
+    assert env.counters()["app_params_refused"] == 5
+
+
+def test_app_ignore_and_ignored_requests_still_lose_the_headers(start_envoy, matomo):
+    env = start_envoy({**BASE, "ignored_routes": ["/health"]})
+    _, seen = response_headers(env.port, "/secret", app_sets({"x-matomo-ignore": "1"}))
+    assert "x-matomo-ignore" not in seen
+    _, seen = response_headers(env.port, "/health", app_sets({"x-matomo-e-a": "x"}))
+    assert "x-matomo-e-a" not in seen
+    request(env.port, "/tracked")
+    hits = matomo.wait_for_hits(1)
+    time.sleep(0.4)
+    assert [h["url"].rsplit("/", 1)[1] for h in matomo.hits] == ["tracked"]
+    c = env.counters()
+    assert c["requests_ignored.app"] == 1 and c["requests_ignored.route"] == 1
+
+
+def test_a_custom_prefix_and_an_empty_one(start_envoy, matomo):
+    env = start_envoy({**BASE, "response_header_prefix": "X-Track-"})
+    _, seen = response_headers(env.port, "/p", app_sets({"x-track-e-a": "custom", "x-matomo-e-a": "old"}))
+    assert "x-track-e-a" not in seen and seen["x-matomo-e-a"] == "old"
+    assert matomo.wait_for_hits(1)[0]["e_a"] == "custom"
+    env.stop()
+    matomo.calls.clear()
+    env = start_envoy({**BASE, "response_header_prefix": ""})
+    _, seen = response_headers(env.port, "/p", app_sets({"x-matomo-e-a": "x"}))
+    assert seen["x-matomo-e-a"] == "x", "an empty prefix turns the feature off"
+    assert "e_a" not in matomo.wait_for_hits(1)[0]
+
+
+def test_identity_from_request_headers_cookie_and_config(start_envoy, matomo):
+    env = start_envoy({**BASE, "token_auth": "t", "uid_header": "x-jwt-sub", "cid_header": "x-visitor",
+                       "bots": True, "dimension_headers": {"x-tenant": 1, "x-api-version": "dimension2"}})
+    request(env.port, "/me", headers={
+        "x-jwt-sub": "alice", "x-visitor": "00112233aabbccdd", "x-tenant": "acme", "x-api-version": "v2",
+        "cookie": "theme=dark; _pk_id.3.a1b2=0123456789abcdef.1700000000.; _pk_id.9.x=ffffffffffffffff.1."})
+    hit = matomo.wait_for_hits(1)[0]
+    assert hit["uid"] == "alice" and hit["cid"] == "00112233aabbccdd" and hit["_id"] == "0123456789abcdef"
+    assert hit["dimension1"] == "acme" and hit["dimension2"] == "v2" and hit["bots"] == "1"
+
+
+def test_action_rules_and_query_privacy(start_envoy, matomo):
+    env = start_envoy({**BASE,
+                       "routes_details": {"/users/1/orders": {"action_name": "Exact"}},
+                       "action_rules": [{"pattern": r"/users/(\d+)/orders", "action_name": "Users / orders",
+                                         "params": {"e_c": "orders"}},
+                                        {"pattern": r"/(\w+)/", "action_name": "Section $1"}],
+                       "strip_query_params": ["token", "email"]})
+    request(env.port, "/users/42/orders?token=abc&page=2&email=a%40b.c",
+            headers={"referer": "https://mail.example/in?email=a%40b.c&folder=x"})
+    request(env.port, "/users/1/orders")
+    request(env.port, "/docs/intro")
+    hits = {h["url"].split(str(env.port), 1)[1]: h for h in matomo.wait_for_hits(3)}
+    rule = hits["/users/42/orders?page=2"]
+    assert rule["action_name"] == "Users / orders" and rule["e_c"] == "orders"
+    assert rule["urlref"] == "https://mail.example/in?folder=x"
+    assert hits["/users/1/orders"]["action_name"] == "Exact" and "e_c" not in hits["/users/1/orders"]
+    assert hits["/docs/intro"]["action_name"] == "Section docs"
+    assert "abc" not in json.dumps(matomo.calls[0].json()) and "a%40b" not in json.dumps(matomo.calls[0].json())
