@@ -265,3 +265,25 @@ def test_load_every_hit_exactly_once_over_two_workers(start_envoy, matomo):
     assert c["hits_sent"] == total and c["batches_sent"] == len(matomo.calls)
     print(f"\nload: {total} requests in {took:.2f}s over 2 workers, {len(hits)} hits received "
           f"in {len(matomo.calls)} calls to Matomo ({1000 * len(matomo.calls) / total:.1f} per 1000 hits)")
+
+
+def test_a_request_over_tls_is_tracked_as_https(start_envoy, matomo, tmp_path):
+    import http.client
+    import ssl
+    import subprocess
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    tls = {"transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+        "common_tls_context": {"tls_certificates": [{
+            "certificate_chain": {"filename": str(tmp_path / "cert.pem")},
+            "private_key": {"filename": str(tmp_path / "key.pem")}}]}}}}
+    env = start_envoy(config(), filter_chain_extra=tls)
+    conn = http.client.HTTPSConnection("127.0.0.1", env.port, timeout=10,
+                                       context=ssl._create_unverified_context())
+    conn.request("GET", "/secure?x=1", headers={"Host": "shop.example"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    hit = matomo.wait_for_hits(1)[0]
+    assert hit["url"] == "https://shop.example/secure?x=1"

@@ -82,7 +82,7 @@ def wasm_filter(plugin_config: dict | str, *, root_id: str = "matomo", vm_env: d
 
 def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_port: int,
               http_filters: list[dict], matomo_cluster: str = "matomo", hcm_extra: dict | None = None,
-              listener_extra: dict | None = None) -> dict:
+              listener_extra: dict | None = None, filter_chain_extra: dict | None = None) -> dict:
     """A whole Envoy config: one listener routing everything to the upstream, and a cluster
     for Matomo."""
     hcm = {
@@ -102,7 +102,7 @@ def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_p
         "name": "main",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen_port}},
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                         "typed_config": hcm}]}],
+                                         "typed_config": hcm}], **(filter_chain_extra or {})}],
         **(listener_extra or {}),
     }
     return {
