@@ -20,6 +20,8 @@ pub struct Batcher {
     queue: VecDeque<String>,
     current: Option<Batch>,
     last_take: Duration,
+    /// The plugin is going away: send everything now, retry nothing.
+    draining: bool,
 }
 
 /// A batch taken from the queue, sent or waiting to be sent again.
@@ -71,7 +73,8 @@ pub enum Outcome {
 }
 
 impl Batcher {
-    pub fn new(settings: BatchSettings, token_auth: Option<&Secret>) -> Self {
+    /// `now`: the flush interval of the first partial batch runs from here.
+    pub fn new(settings: BatchSettings, token_auth: Option<&Secret>, now: Duration) -> Self {
         let body_tail = match token_auth {
             Some(t) => format!(
                 ",\"token_auth\":{}}}",
@@ -84,7 +87,8 @@ impl Batcher {
             body_tail,
             queue: VecDeque::new(),
             current: None,
-            last_take: Duration::ZERO,
+            last_take: now,
+            draining: false,
         }
     }
 
@@ -101,13 +105,38 @@ impl Batcher {
         self.queue.len()
     }
 
+    /// From now on every queued hit is due and a failure drops its batch: the plugin is being
+    /// torn down (listener update, shutdown) and what it holds must go out, or be counted.
+    pub fn drain(&mut self) {
+        self.draining = true;
+        if let Some(batch) = self.current.as_mut() {
+            batch.next_attempt = Duration::ZERO;
+        }
+    }
+
+    /// Hits queued or in the batch being sent.
+    pub fn pending(&self) -> usize {
+        self.queue.len() + self.current.as_ref().map_or(0, |b| b.hits)
+    }
+
+    /// A bulk call is under way.
+    pub fn in_flight(&self) -> bool {
+        self.current.as_ref().is_some_and(|b| b.in_flight)
+    }
+
+    /// Nothing queued and nothing in flight or waiting for a retry.
+    pub fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.current.is_none()
+    }
+
     /// The call to make now, if any: a due retry, else a full batch, else whatever is queued
     /// once `flush_interval` has passed since the last batch was taken.
     pub fn poll(&mut self, now: Duration) -> Option<Send<'_>> {
         if self.current.is_none() {
             let full = self.queue.len() >= self.settings.batch_size;
             let due = !self.queue.is_empty()
-                && now.saturating_sub(self.last_take) >= self.settings.flush_interval;
+                && (self.draining
+                    || now.saturating_sub(self.last_take) >= self.settings.flush_interval);
             if !(full || due) {
                 return None;
             }
@@ -163,7 +192,12 @@ impl Batcher {
             Answer::Failed(reason) => {
                 let since = *batch.first_failure.get_or_insert(now);
                 batch.failures = batch.failures.saturating_add(1);
-                if now.saturating_sub(since) >= self.settings.retry_window {
+                if self.draining {
+                    Outcome::Dropped {
+                        hits,
+                        reason: format!("{reason}; not retried: the plugin is shutting down"),
+                    }
+                } else if now.saturating_sub(since) >= self.settings.retry_window {
                     let reason = format!(
                         "{reason}; still failing after {} attempts over {:?} (retry_window)",
                         batch.failures,
@@ -247,7 +281,7 @@ mod tests {
 
     #[test]
     fn a_full_batch_goes_at_once_and_a_partial_one_after_the_interval() {
-        let mut b = Batcher::new(settings(3, 100), None);
+        let mut b = Batcher::new(settings(3, 100), None, Duration::ZERO);
         b.push("?a".into());
         b.push("?b".into());
         assert_eq!(sent(&mut b, 0.5), None);
@@ -266,7 +300,7 @@ mod tests {
     #[test]
     fn the_body_is_matomo_bulk_json_with_the_token_inside() {
         let token = Secret::new("to\"ken".to_owned());
-        let mut b = Batcher::new(settings(2, 10), Some(&token));
+        let mut b = Batcher::new(settings(2, 10), Some(&token), Duration::ZERO);
         b.push("?idsite=1&rec=1".into());
         b.push("?idsite=1&rec=1&x=%22".into());
         let body = b.poll(secs(0.0)).unwrap().body.to_owned();
@@ -276,15 +310,23 @@ mod tests {
             serde_json::json!({"requests":["?idsite=1&rec=1","?idsite=1&rec=1&x=%22"],
                                "token_auth":"to\"ken"})
         );
-        let mut b = Batcher::new(settings(1, 10), None);
+        let mut b = Batcher::new(settings(1, 10), None, Duration::ZERO);
         b.push("?x".into());
         let v: serde_json::Value = serde_json::from_str(b.poll(secs(0.0)).unwrap().body).unwrap();
         assert_eq!(v, serde_json::json!({"requests":["?x"]}));
     }
 
     #[test]
+    fn the_first_partial_batch_waits_for_the_interval_from_start() {
+        let mut b = Batcher::new(settings(10, 100), None, secs(1000.0));
+        b.push("?a".into());
+        assert_eq!(sent(&mut b, 1000.5), None);
+        assert_eq!(sent(&mut b, 1001.0).unwrap(), ["?a"]);
+    }
+
+    #[test]
     fn one_batch_is_in_flight_at_a_time() {
-        let mut b = Batcher::new(settings(1, 10), None);
+        let mut b = Batcher::new(settings(1, 10), None, Duration::ZERO);
         b.push("?a".into());
         b.push("?b".into());
         assert!(b.poll(secs(0.0)).is_some());
@@ -301,7 +343,7 @@ mod tests {
 
     #[test]
     fn the_queue_is_bounded() {
-        let mut b = Batcher::new(settings(1, 2), None);
+        let mut b = Batcher::new(settings(1, 2), None, Duration::ZERO);
         assert!(b.push("?a".into()));
         assert!(b.push("?b".into()));
         assert!(!b.push("?c".into()));
@@ -310,7 +352,7 @@ mod tests {
 
     #[test]
     fn failures_are_retried_with_backoff_in_order_then_delivered_once() {
-        let mut b = Batcher::new(settings(2, 10), None);
+        let mut b = Batcher::new(settings(2, 10), None, Duration::ZERO);
         for h in ["?1", "?2", "?3"] {
             b.push(h.into());
         }
@@ -345,7 +387,7 @@ mod tests {
 
     #[test]
     fn a_batch_failing_past_the_retry_window_is_dropped() {
-        let mut b = Batcher::new(settings(1, 10), None);
+        let mut b = Batcher::new(settings(1, 10), None, Duration::ZERO);
         b.push("?a".into());
         b.push("?b".into());
         let mut now = 0.0;
@@ -366,8 +408,39 @@ mod tests {
     }
 
     #[test]
+    fn draining_sends_everything_now_and_retries_nothing() {
+        let mut b = Batcher::new(settings(2, 10), None, Duration::ZERO);
+        for h in ["?1", "?2", "?3"] {
+            b.push(h.into());
+        }
+        assert_eq!(sent(&mut b, 0.0).unwrap(), ["?1", "?2"]);
+        b.answer(Answer::Failed("503".into()), secs(0.1));
+        assert!(!b.is_idle());
+        b.drain();
+        assert_eq!(
+            sent(&mut b, 0.1).unwrap(),
+            ["?1", "?2"],
+            "the retry is due at once"
+        );
+        let out = b.answer(Answer::Failed("503".into()), secs(0.2));
+        assert!(
+            matches!(out, Some(Outcome::Dropped { hits: 2, .. })),
+            "{out:?}"
+        );
+        assert_eq!(
+            sent(&mut b, 0.2).unwrap(),
+            ["?3"],
+            "a partial batch is due at once"
+        );
+        assert_eq!(b.pending(), 1);
+        b.answer(Answer::Accepted { invalid: 0 }, secs(0.3));
+        assert!(b.is_idle());
+        assert_eq!(b.pending(), 0);
+    }
+
+    #[test]
     fn refused_batches_are_dropped_at_once() {
-        let mut b = Batcher::new(settings(1, 10), None);
+        let mut b = Batcher::new(settings(1, 10), None, Duration::ZERO);
         b.push("?a".into());
         b.poll(secs(0.0));
         let out = b.answer(Answer::Refused("400".into()), secs(0.0));
@@ -382,7 +455,7 @@ mod tests {
 
     #[test]
     fn an_answer_without_a_batch_in_flight_is_ignored() {
-        let mut b = Batcher::new(settings(1, 10), None);
+        let mut b = Batcher::new(settings(1, 10), None, Duration::ZERO);
         assert_eq!(b.answer(Answer::Accepted { invalid: 0 }, secs(0.0)), None);
     }
 

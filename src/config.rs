@@ -215,6 +215,10 @@ impl Settings {
                 root if root == "." => quoted_field(&message).unwrap_or_default().to_owned(),
                 key => key,
             };
+            // serde quotes the value it could not take; for the token that is the secret.
+            if key == "token_auth" || key == "access_token" {
+                return ConfigError::new(key, "must be a string (value not shown)");
+            }
             ConfigError::new(key, message)
         })?;
         raw.compile(env)
@@ -813,5 +817,10 @@ mod tests {
         assert!(!shown.contains("s3cr3t"), "{shown}");
         let e = err(&with(r#""token_auth":"s3cr3t-value","bogus":1"#));
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
+        for key in ["token_auth", "access_token"] {
+            let e = err(&with(&format!(r#""{key}":98765432"#)));
+            assert_eq!(e.key, key);
+            assert!(!e.to_string().contains("98765432"), "{e}");
+        }
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, MapType, Status};
+use proxy_wasm::types::{Action, MapType};
 
 use crate::app::AppParams;
-use crate::headers::decode_pairs;
+use crate::host;
 use crate::request::{client_ip, lossy, RequestFacts};
 use crate::root::now;
 use crate::tracker::Tracker;
@@ -35,7 +35,7 @@ impl Filter {
 
     /// Takes the app's tracking headers off the response, remembering what they said.
     fn take_app_headers(&mut self, prefix: &str) {
-        for (name, value) in header_pairs(MapType::HttpResponseHeaders) {
+        for (name, value) in host::map_pairs(MapType::HttpResponseHeaders) {
             if let Some(suffix) = name.strip_prefix(prefix) {
                 self.app.add(suffix, &value);
                 let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name);
@@ -44,32 +44,9 @@ impl Filter {
     }
 }
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
-}
-
-/// All headers of a map, decoded lossily (see `headers.rs` for why not the SDK's getter).
-fn header_pairs(map: MapType) -> Vec<(String, String)> {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size: usize = 0;
-    // SAFETY: the host writes a buffer it allocated through this module's allocator
-    // (proxy_on_memory_allocate), which we then own.
-    let bytes = unsafe {
-        match proxy_get_header_map_pairs(map, &mut data, &mut size) {
-            Status::Ok if !data.is_null() => Vec::from_raw_parts(data, size, size),
-            _ => return Vec::new(),
-        }
-    };
-    decode_pairs(&bytes)
-}
-
 /// A header as bytes, converted lossily: header values may hold any byte.
 fn header(map: MapType, name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(map, name)
-        .ok()
-        .flatten()
-        .map(lossy)
+    host::map_value(map, name).map(lossy)
 }
 
 fn request_header(name: &str) -> Option<String> {
@@ -116,9 +93,7 @@ impl HttpContext for Filter {
         }
         let started = self.started.unwrap_or_else(now);
         let client_ip = if tracker.settings.hits.with_client_ip() {
-            hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
+            host::property(b"source\0address")
                 .map(lossy)
                 .and_then(|a| client_ip(&a).map(str::to_owned))
         } else {
@@ -151,6 +126,6 @@ impl HttpContext for Filter {
                 .collect(),
             app: std::mem::take(&mut self.app),
         };
-        tracker.track(&facts);
+        tracker.track(&facts, started);
     }
 }

@@ -18,6 +18,8 @@ pub mod rules;
 pub mod tracker;
 
 #[cfg(target_arch = "wasm32")]
+mod host;
+#[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod root;

@@ -11,6 +11,7 @@ use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 
 use crate::batch::{read_answer, Answer, Outcome};
 use crate::config::Settings;
+use crate::host;
 use crate::http::Filter;
 use crate::log_limit::LogLimit;
 use crate::metrics::Counter;
@@ -28,6 +29,8 @@ pub struct Root {
     tracker: Option<Rc<RefCell<Tracker>>>,
     metrics: Vec<(Counter, u32)>,
     trouble_log: LogLimit,
+    /// Envoy asked this plugin to finish (`on_done`); tell it `done()` once all hits are out.
+    finishing: bool,
 }
 
 impl Root {
@@ -36,6 +39,24 @@ impl Root {
             tracker: None,
             metrics: Vec::new(),
             trouble_log: LogLimit::new(LOG_EVERY),
+            finishing: false,
+        }
+    }
+
+    /// Sends what is due; when finishing, keeps going past calls that fail at once, and once
+    /// nothing is left counts and tells Envoy we are done.
+    fn send_and_maybe_finish(&mut self, tracker: &mut Tracker, now: Duration) {
+        self.send_due(tracker, now);
+        if !self.finishing {
+            return;
+        }
+        while !tracker.batcher.is_idle() && !tracker.batcher.in_flight() {
+            self.send_due(tracker, now);
+        }
+        if tracker.batcher.is_idle() {
+            self.flush_counters(tracker);
+            self.finishing = false;
+            host::done();
         }
     }
 
@@ -128,37 +149,63 @@ pub fn now() -> Duration {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _: usize) {
+    fn on_http_call_response(&mut self, _token: u32, headers: usize, body_size: usize, _: usize) {
         let Some(tracker) = self.tracker.clone() else {
             return;
         };
         let Ok(mut tracker) = tracker.try_borrow_mut() else {
             return;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
+        // A call that failed (reset, refused, timed out) comes back without headers or body.
+        let status = (headers > 0)
+            .then(|| host::map_value(MapType::HttpCallResponseHeaders, ":status"))
             .flatten()
             .and_then(|s| std::str::from_utf8(&s).ok()?.parse().ok());
-        let body = hostcalls::get_buffer(
-            BufferType::HttpCallResponseBody,
-            0,
-            body_size.min(MAX_ANSWER),
-        )
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+        let body = (body_size > 0)
+            .then(|| {
+                host::buffer(
+                    BufferType::HttpCallResponseBody,
+                    0,
+                    body_size.min(MAX_ANSWER),
+                )
+            })
+            .flatten()
+            .unwrap_or_default();
         let now = now();
         self.settle(&mut tracker, read_answer(status, &body), now);
-        self.send_due(&mut tracker, now);
+        self.send_and_maybe_finish(&mut tracker, now);
+    }
+
+    /// The plugin is going away (listener update, drain, shutdown): send every queued hit
+    /// first, so none is lost silently. Returns true when there is nothing left to send.
+    fn on_done(&mut self) -> bool {
+        let Some(tracker) = self.tracker.clone() else {
+            return true;
+        };
+        let Ok(mut tracker) = tracker.try_borrow_mut() else {
+            return true;
+        };
+        tracker.batcher.drain();
+        let now = now();
+        while !tracker.batcher.is_idle() && !tracker.batcher.in_flight() {
+            self.send_due(&mut tracker, now);
+        }
+        self.flush_counters(&mut tracker);
+        if tracker.batcher.is_idle() {
+            return true;
+        }
+        self.finishing = true;
+        log::info!(
+            "finishing: sending the last {} hits before the plugin goes away",
+            tracker.batcher.pending()
+        );
+        false
     }
 }
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let config = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let config = host::buffer(BufferType::PluginConfiguration, 0, size).unwrap_or_default();
         let settings = match Settings::from_json(&config) {
             Ok(s) => s,
             Err(e) => {
@@ -191,8 +238,9 @@ impl RootContext for Root {
             },
             settings.batch.batch_size,
         );
-        let seed = u64::try_from(now().as_nanos()).unwrap_or(1);
-        self.tracker = Some(Rc::new(RefCell::new(Tracker::new(settings, seed))));
+        let now = now();
+        let seed = u64::try_from(now.as_nanos()).unwrap_or(1);
+        self.tracker = Some(Rc::new(RefCell::new(Tracker::new(settings, seed, now))));
         true
     }
 
@@ -204,7 +252,7 @@ impl RootContext for Root {
             return;
         };
         self.flush_counters(&mut tracker);
-        self.send_due(&mut tracker, now());
+        self.send_and_maybe_finish(&mut tracker, now());
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

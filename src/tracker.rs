@@ -1,9 +1,12 @@
 //! The state one worker VM shares between its root context and its request contexts: settings,
 //! the hit queue and the counters. Pure, so the whole per-request decision is tested natively.
 
+use std::time::Duration;
+
 use crate::batch::Batcher;
 use crate::config::Settings;
 use crate::hit::Rand;
+use crate::log_limit::LogLimit;
 use crate::metrics::{Counter, Counters};
 use crate::request::RequestFacts;
 use crate::rules::Ignored;
@@ -13,6 +16,7 @@ pub struct Tracker {
     pub batcher: Batcher,
     pub counters: Counters,
     rand: Rand,
+    queue_full_log: LogLimit,
 }
 
 /// What became of one finished request.
@@ -25,13 +29,15 @@ pub enum Tracked {
 }
 
 impl Tracker {
-    pub fn new(settings: Settings, seed: u64) -> Self {
-        let batcher = Batcher::new(settings.batch, settings.token_auth.as_ref());
+    /// `now`: wall-clock time since the Unix epoch; the first flush interval starts there.
+    pub fn new(settings: Settings, seed: u64, now: Duration) -> Self {
+        let batcher = Batcher::new(settings.batch, settings.token_auth.as_ref(), now);
         Tracker {
             settings,
             batcher,
             counters: Counters::default(),
             rand: Rand::new(seed),
+            queue_full_log: LogLimit::new(Duration::from_secs(10)),
         }
     }
 
@@ -59,8 +65,9 @@ impl Tracker {
     }
 
     /// Encodes the hit of a request that passed [`Tracker::ignored`] and queues it, unless the
-    /// app's response asked not to track it.
-    pub fn track(&mut self, facts: &RequestFacts) -> Tracked {
+    /// app's response asked not to track it. A full queue drops the hit, counted and logged
+    /// (at most one line per 10 s).
+    pub fn track(&mut self, facts: &RequestFacts, now: Duration) -> Tracked {
         self.counters
             .add(Counter::AppParamsRefused, facts.app.refused);
         if facts.app.ignore {
@@ -73,6 +80,13 @@ impl Tracker {
             Tracked::Queued
         } else {
             self.counters.add(Counter::HitsDropped, 1);
+            if let Some(held) = self.queue_full_log.allow(now) {
+                log::warn!(
+                    "queue full ({} hits): dropping new hits while Matomo is slow or down \
+                     ({held} more dropped since the last line)",
+                    self.settings.batch.queue_size
+                );
+            }
             Tracked::QueueFull
         }
     }
@@ -81,11 +95,14 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn tracker(extra: &str) -> Tracker {
         let json = format!(r#"{{"matomo_url":"http://m","id_site":1{extra}}}"#);
-        Tracker::new(Settings::from_json(json.as_bytes()).unwrap(), 1)
+        Tracker::new(
+            Settings::from_json(json.as_bytes()).unwrap(),
+            1,
+            Duration::ZERO,
+        )
     }
 
     fn facts(path: &str) -> RequestFacts {
@@ -104,7 +121,7 @@ mod tests {
     fn a_tracked_request_is_counted_and_queued() {
         let mut t = tracker("");
         assert_eq!(t.ignored("GET", "/x?y=1", None), None);
-        assert_eq!(t.track(&facts("/x?y=1")), Tracked::Queued);
+        assert_eq!(t.track(&facts("/x?y=1"), Duration::ZERO), Tracked::Queued);
         assert_eq!(t.batcher.queued(), 1);
         assert_eq!(
             counts(&mut t),
@@ -146,8 +163,8 @@ mod tests {
     #[test]
     fn a_full_queue_drops_and_counts() {
         let mut t = tracker(r#","queue_size":1,"batch_size":1"#);
-        assert_eq!(t.track(&facts("/a")), Tracked::Queued);
-        assert_eq!(t.track(&facts("/b")), Tracked::QueueFull);
+        assert_eq!(t.track(&facts("/a"), Duration::ZERO), Tracked::Queued);
+        assert_eq!(t.track(&facts("/b"), Duration::ZERO), Tracked::QueueFull);
         assert_eq!(
             counts(&mut t),
             [(Counter::RequestsTracked, 1), (Counter::HitsDropped, 1)]
