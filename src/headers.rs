@@ -1,36 +1,81 @@
-//! Decodes a header map as the proxy-wasm host serialises it, lossily and bounds-checked. The
-//! SDK's own decoder unwraps the UTF-8 conversion of names, so a single odd byte in a header
-//! name would panic the VM; this one cannot.
+//! Header maps as the proxy-wasm host serialises them, read lossily and bounds-checked. One
+//! host call hands over a whole map; lookups then happen here, without copying. (The SDK's own
+//! decoder unwraps the UTF-8 conversion of names, so one odd byte would panic the VM.)
 
 /// `[count: u32][(name_len: u32, value_len: u32) × count][name \0 value \0 …]`, little-endian.
-pub fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    let word = |at: usize| -> Option<usize> {
-        let b = bytes.get(at..at.checked_add(4)?)?;
-        Some(u32::from_le_bytes(<[u8; 4]>::try_from(b).ok()?) as usize)
-    };
-    let Some(count) = word(0) else {
-        return Vec::new();
-    };
-    let mut pairs = Vec::with_capacity(count.min(256));
-    let mut data = 4usize.saturating_add(count.saturating_mul(8));
-    for i in 0..count {
-        let sizes = 4 + i * 8;
-        let (Some(name_len), Some(value_len)) = (word(sizes), word(sizes + 4)) else {
-            break;
-        };
-        let name = bytes.get(data..data.saturating_add(name_len));
-        data = data.saturating_add(name_len).saturating_add(1);
-        let value = bytes.get(data..data.saturating_add(value_len));
-        data = data.saturating_add(value_len).saturating_add(1);
-        match (name, value) {
-            (Some(n), Some(v)) => pairs.push((
-                String::from_utf8_lossy(n).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
-            )),
-            _ => break,
+pub struct Pairs<'a> {
+    bytes: &'a [u8],
+    count: usize,
+    next: usize,
+    data: usize,
+}
+
+impl<'a> Pairs<'a> {
+    pub fn new(bytes: &'a [u8]) -> Self {
+        let count = word(bytes, 0).unwrap_or(0);
+        Pairs {
+            bytes,
+            count,
+            next: 0,
+            data: 4usize.saturating_add(count.saturating_mul(8)),
         }
     }
-    pairs
+}
+
+fn word(bytes: &[u8], at: usize) -> Option<usize> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes(<[u8; 4]>::try_from(b).ok()?) as usize)
+}
+
+impl<'a> Iterator for Pairs<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.count {
+            return None;
+        }
+        let sizes = 4 + self.next * 8;
+        let name_len = word(self.bytes, sizes)?;
+        let value_len = word(self.bytes, sizes + 4)?;
+        let name = self
+            .bytes
+            .get(self.data..self.data.saturating_add(name_len))?;
+        self.data = self.data.saturating_add(name_len).saturating_add(1);
+        let value = self
+            .bytes
+            .get(self.data..self.data.saturating_add(value_len))?;
+        self.data = self.data.saturating_add(value_len).saturating_add(1);
+        self.next += 1;
+        Some((name, value))
+    }
+}
+
+/// A whole serialised header map, looked up by (lower-case) name.
+pub struct HeaderMap(Vec<u8>);
+
+impl HeaderMap {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        HeaderMap(bytes)
+    }
+
+    /// The first value of a header, converted lossily.
+    pub fn get(&self, name: &str) -> Option<String> {
+        Pairs::new(&self.0)
+            .find(|(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+/// Every pair, converted lossily.
+pub fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
+    Pairs::new(bytes)
+        .map(|(n, v)| {
+            (
+                String::from_utf8_lossy(n).into_owned(),
+                String::from_utf8_lossy(v).into_owned(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -66,11 +111,25 @@ mod tests {
     }
 
     #[test]
+    fn looks_up_the_first_value_by_name() {
+        let map = HeaderMap::new(encode(&[
+            (b":path", b"/a?b"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+            (b"user-agent", b"\xff"),
+        ]));
+        assert_eq!(map.get(":path").as_deref(), Some("/a?b"));
+        assert_eq!(map.get("cookie").as_deref(), Some("a=1"));
+        assert_eq!(map.get("user-agent").as_deref(), Some("\u{fffd}"));
+        assert_eq!(map.get("referer"), None);
+        assert_eq!(HeaderMap::new(Vec::new()).get(":path"), None);
+    }
+
+    #[test]
     fn truncated_or_lying_input_yields_what_is_whole() {
         let bytes = encode(&[(b"a", b"1"), (b"b", b"2")]);
         for cut in 0..bytes.len() {
-            let got = decode_pairs(&bytes[..cut]);
-            assert!(got.len() <= 2);
+            assert!(decode_pairs(&bytes[..cut]).len() <= 2);
         }
         assert!(decode_pairs(&[0xff, 0xff, 0xff, 0xff]).is_empty());
         assert!(decode_pairs(&[]).is_empty());

@@ -49,10 +49,6 @@ fn header(map: MapType, name: &str) -> Option<String> {
     host::map_value(map, name).map(lossy)
 }
 
-fn request_header(name: &str) -> Option<String> {
-    header(MapType::HttpRequestHeaders, name)
-}
-
 impl Context for Filter {}
 
 impl HttpContext for Filter {
@@ -82,6 +78,9 @@ impl HttpContext for Filter {
         let Ok(mut tracker) = tracker.try_borrow_mut() else {
             return;
         };
+        // One host call for all request headers; lookups then happen in the module.
+        let request = host::map(MapType::HttpRequestHeaders);
+        let request_header = |name: &str| request.get(name);
         let method = request_header(":method").unwrap_or_default();
         let path = request_header(":path").unwrap_or_default();
         let user_agent = request_header("user-agent");
@@ -117,8 +116,8 @@ impl HttpContext for Filter {
             time_secs: started.as_secs(),
             client_ip,
             cookie: request_header("cookie"),
-            uid: sources.uid.as_deref().and_then(request_header),
-            cid: sources.cid.as_deref().and_then(request_header),
+            uid: sources.uid.as_deref().and_then(&request_header),
+            cid: sources.cid.as_deref().and_then(&request_header),
             dimensions: sources
                 .dimensions
                 .iter()
