@@ -65,7 +65,7 @@ def variants() -> dict[str, tuple[list, int, bool, str]]:
     return {
         "none": ([], 1, True, "Envoy alone, no filter"),
         "noop": (noop, 1, True, "no-op Proxy-Wasm filter (the wasm floor)"),
-        "filter": (ours(), 1, True, "this filter, defaults (batch_size 100), every request tracked"),
+        "filter": (ours(), 1, True, "this filter, defaults (batch_size 200), every request tracked"),
         "filter-ignored": (ours(ignored_routes=[PATH.split("?")[0]]), 1, True,
                            "this filter, every request matched by ignored_routes (no hit)"),
         "per-request-wasm": ([wasm_filter("/matomo.php", wasm=PER_REQUEST_WASM)], 1, True,
