@@ -38,6 +38,18 @@ def upstream():
     u.stop()
 
 
+@pytest.fixture
+def envoys(request):
+    """A list to append Envoys started by hand to: stopped after the test, logs printed on failure."""
+    started: list[E.Envoy] = []
+    yield started
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for envoy in started:
+        envoy.stop()
+        if failed:
+            print(f"\n----- Envoy log ({envoy.config_path}) -----\n{envoy.log_for_humans()}")
+
+
 class Started:
     """An Envoy with the filter, plus where to reach it."""
 

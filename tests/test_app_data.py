@@ -55,7 +55,7 @@ def test_app_ignore_and_ignored_requests_still_lose_the_headers(start_envoy, mat
     _, seen = response_headers(env.port, "/health", app_sets({"x-matomo-e-a": "x"}))
     assert "x-matomo-e-a" not in seen
     request(env.port, "/tracked")
-    hits = matomo.wait_for_hits(1)
+    matomo.wait_for_hits(1)
     time.sleep(0.4)
     assert [h["url"].rsplit("/", 1)[1] for h in matomo.hits] == ["tracked"]
     c = env.counters()

@@ -3,8 +3,6 @@ the filter that names the key. Shipped Envoy configs pass `envoy --mode validate
 
 from __future__ import annotations
 
-import json
-import os
 
 import pytest
 

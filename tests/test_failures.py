@@ -16,20 +16,12 @@ import pytest
 
 from tests.support import envoy as E
 from tests.support.matomo import Behaviour, MatomoStandIn
-from tests.support.traffic import (FastUpstream, log_lines, settled_counters, timed_get, wait_counter,
+from tests.support.traffic import (log_lines, settled_counters, timed_get, wait_counter,
                                    wait_until)
 
 # Over loopback a request through Envoy to the demo app takes ~1-3 ms; 100 ms is "Matomo is in
 # the way", which the filter must never be.
 MAX_LATENCY = 0.100
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    """Overrides conftest's demo app: same answers, without its ~40 ms keep-alive stalls."""
-    u = FastUpstream()
-    yield u
-    u.stop()
 
 
 def config(**extra) -> dict:

@@ -16,7 +16,8 @@ import pytest
 
 from tests.support import envoy as E
 from tests.support.matomo import MatomoStandIn
-from tests.support.traffic import (FastUpstream, ResettingServer, h2c_get, raw, settled_counters, status_of,
+from tests.support.upstream import Upstream
+from tests.support.traffic import (ResettingServer, h2c_get, raw, settled_counters, status_of,
                                    timed_get)
 
 
@@ -52,7 +53,7 @@ class Pair:
 @pytest.fixture(scope="module")
 def env():
     matomo = MatomoStandIn().start()
-    upstream = FastUpstream()
+    upstream = Upstream().start()
     resetter = ResettingServer()
     pair = Pair(matomo.port, upstream.port, resetter.port)
     yield pair, matomo
@@ -157,7 +158,7 @@ def test_non_utf8_header_values_arrive_as_replacement_characters(env):
 
 
 def test_http10_is_tracked_when_envoy_accepts_it(tmp_path):
-    matomo, upstream, resetter = MatomoStandIn().start(), FastUpstream(), ResettingServer()
+    matomo, upstream, resetter = MatomoStandIn().start(), Upstream().start(), ResettingServer()
     pair = Pair(matomo.port, upstream.port, resetter.port,
                 hcm_extra={"http_protocol_options": {"accept_http_10": True,
                                                      "default_host_for_http_10": "legacy.example"}})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
@@ -61,15 +60,6 @@ def istio_wasm_filter(plugin: dict) -> dict:
     }
 
 
-@pytest.fixture
-def envoys(request):
-    started: list[E.Envoy] = []
-    yield started
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for envoy in started:
-        envoy.stop()
-        if failed:
-            print(f"\n----- Envoy log ({envoy.config_path}) -----\n{envoy.log()}")
 
 
 def get(port: int, path: str, headers: dict | None = None) -> int:

@@ -13,19 +13,12 @@ import pytest
 
 from tests.support import envoy as E
 from tests.support.matomo import Behaviour
-from tests.support.traffic import (FastUpstream, build_trap_filter, settled_counters, timed_get,
+from tests.support.traffic import (build_trap_filter, settled_counters, timed_get,
                                    wait_counter, wait_until)
 
 COUNTERS = ["requests_seen", "requests_tracked", "requests_ignored.route", "requests_ignored.pattern",
             "requests_ignored.user_agent", "requests_ignored.method", "hits_sent", "hits_retried",
             "hits_dropped", "hits_invalid", "batches_sent", "batches_failed"]
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    u = FastUpstream()
-    yield u
-    u.stop()
 
 
 def config(**extra) -> dict:

@@ -9,7 +9,6 @@ import os
 import time
 import urllib.request
 
-import pytest
 import yaml
 
 from tests.support import envoy as E
@@ -36,15 +35,6 @@ def write(path, doc: dict) -> None:
     os.rename(tmp, path)
 
 
-@pytest.fixture
-def envoys(request):
-    started: list[E.Envoy] = []
-    yield started
-    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
-    for envoy in started:
-        envoy.stop()
-        if failed:
-            print(f"\n----- Envoy log ({envoy.config_path}) -----\n{envoy.log()}")
 
 
 class XdsEnvoy:

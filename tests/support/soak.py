@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 
 from tests.support import envoy as E
 from tests.support.matomo import Behaviour, MatomoStandIn
-from tests.support.traffic import FastUpstream, settled_counters, wait_counter
+from tests.support.traffic import settled_counters, wait_counter
+from tests.support.upstream import Upstream
 from tests.test_failures import hammer
 
 
 def main() -> int:
     seconds = float(os.environ.get("SOAK_SECONDS", "120"))
-    matomo, upstream = MatomoStandIn().start(), FastUpstream()
+    matomo, upstream = MatomoStandIn().start(), Upstream().start()
     matomo.behaviour = Behaviour(status=503)
     listen, admin = E.free_port(), E.free_port()
     plugin = {"matomo_url": "http://matomo.example", "id_site": 1, "batch_size": 100, "queue_size": 10000,

@@ -13,33 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from tests.support import envoy as E
-from tests.support.upstream import Handler as DemoHandler
 
 TRAP_FILTER_DIR = E.ROOT / "tests/support/trap_filter"
 TRAP_WASM = E.ROOT / "target/trap-filter/wasm32-wasip1/release/trap_filter.wasm"
-
-
-class _FastHandler(DemoHandler):
-    # The demo app writes headers and body in two unbuffered sends; on a kept-alive upstream
-    # connection Nagle + delayed ACK then stall every answer ~40 ms, with or without the filter.
-    wbufsize = -1
-    disable_nagle_algorithm = True
-
-
-class FastUpstream:
-    """The demo app (same answers), answering in one write so latencies are Envoy's own."""
-
-    def __init__(self):
-        from http.server import ThreadingHTTPServer
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _FastHandler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def timed_get(port: int, path: str, headers: dict | None = None, timeout: float = 5.0) -> tuple[int, float, bytes]:
