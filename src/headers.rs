@@ -64,18 +64,18 @@ impl HeaderMap {
             .find(|(n, _)| *n == name.as_bytes())
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
     }
-}
 
-/// Every pair, converted lossily.
-pub fn decode_pairs(bytes: &[u8]) -> Vec<(String, String)> {
-    Pairs::new(bytes)
-        .map(|(n, v)| {
-            (
-                String::from_utf8_lossy(n).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
-            )
-        })
-        .collect()
+    /// The headers whose name starts with `prefix`, converted lossily; the others cost no copy.
+    pub fn prefixed<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (String, String)> + 'a {
+        Pairs::new(&self.0)
+            .filter(move |(n, _)| n.starts_with(prefix.as_bytes()))
+            .map(|(n, v)| {
+                (
+                    String::from_utf8_lossy(n).into_owned(),
+                    String::from_utf8_lossy(v).into_owned(),
+                )
+            })
+    }
 }
 
 #[cfg(test)]
@@ -98,16 +98,21 @@ mod tests {
     }
 
     #[test]
-    fn decodes_pairs_lossily() {
-        let bytes = encode(&[(b":status", b"200"), (b"x-\xff", b"\xfe"), (b"e", b"")]);
+    fn picks_prefixed_pairs_lossily() {
+        let map = HeaderMap::new(encode(&[
+            (b":status", b"200"),
+            (b"x-m-\xff", b"\xfe"),
+            (b"x-other", b"1"),
+            (b"x-m-e", b""),
+        ]));
         assert_eq!(
-            decode_pairs(&bytes),
+            map.prefixed("x-m-").collect::<Vec<_>>(),
             [
-                (":status".to_string(), "200".to_string()),
-                ("x-\u{fffd}".into(), "\u{fffd}".into()),
-                ("e".into(), "".into())
+                ("x-m-\u{fffd}".to_string(), "\u{fffd}".to_string()),
+                ("x-m-e".into(), "".into())
             ]
         );
+        assert_eq!(map.prefixed("x-none-").count(), 0);
     }
 
     #[test]
@@ -129,9 +134,10 @@ mod tests {
     fn truncated_or_lying_input_yields_what_is_whole() {
         let bytes = encode(&[(b"a", b"1"), (b"b", b"2")]);
         for cut in 0..bytes.len() {
-            assert!(decode_pairs(&bytes[..cut]).len() <= 2);
+            assert!(Pairs::new(&bytes[..cut]).count() <= 2);
         }
-        assert!(decode_pairs(&[0xff, 0xff, 0xff, 0xff]).is_empty());
-        assert!(decode_pairs(&[]).is_empty());
+        assert_eq!(Pairs::new(&bytes).count(), 2);
+        assert_eq!(Pairs::new(&[0xff, 0xff, 0xff, 0xff]).count(), 0);
+        assert_eq!(Pairs::new(&[]).count(), 0);
     }
 }

@@ -8,7 +8,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write;
 
 use serde_json::Value;
 
@@ -54,9 +53,11 @@ impl RouteDetails {
                 }
                 continue;
             }
-            let mut encoded = String::new();
-            push_encoded(&mut encoded, &scalar(&at, value)?);
-            details.params.push((key, encoded));
+            let mut encoded = Vec::new();
+            push_encoded(&mut encoded, scalar(&at, value)?.as_bytes());
+            details
+                .params
+                .push((key, String::from_utf8_lossy(&encoded).into_owned()));
         }
         Ok(details)
     }
@@ -106,16 +107,45 @@ pub struct HitTemplate {
     options: HitOptions,
 }
 
-/// A parameter value: raw (to be encoded) or already encoded at configure time.
+/// A parameter value, written straight into the hit.
 enum Val<'a> {
+    /// Text, percent-encoded when written.
     Raw(Cow<'a, str>),
+    /// Bytes, percent-encoded when written (the `cvar` JSON).
+    Bytes(Vec<u8>),
+    /// Already encoded at configure time.
     Encoded(&'a str),
+    Number(u64),
+    /// Pieces of text written one after the other, as one encoded value (the `url`).
+    Joined([&'a str; 3], Cow<'a, str>),
+}
+
+impl Val<'_> {
+    fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            Val::Raw(v) => push_encoded(out, v.as_bytes()),
+            Val::Bytes(v) => push_encoded(out, v),
+            Val::Encoded(v) => out.extend_from_slice(v.as_bytes()),
+            Val::Number(n) => push_number(out, *n),
+            Val::Joined(head, tail) => {
+                for piece in head {
+                    push_encoded(out, piece.as_bytes());
+                }
+                push_encoded(out, tail.as_bytes());
+            }
+        }
+    }
 }
 
 /// The hit's parameters in order; setting a name again replaces its value in place.
 struct Params<'a>(Vec<(Cow<'a, str>, Val<'a>)>);
 
 impl<'a> Params<'a> {
+    /// Adds a parameter that is known not to be set yet (the filter's own).
+    fn push(&mut self, key: &'a str, value: Val<'a>) {
+        self.0.push((key.into(), value));
+    }
+
     fn set(&mut self, key: impl Into<Cow<'a, str>>, value: Val<'a>) {
         let key = key.into();
         match self.0.iter_mut().find(|(k, _)| *k == key) {
@@ -134,15 +164,12 @@ impl<'a> Params<'a> {
         }
     }
 
-    fn write(&self, out: &mut String) {
+    fn write(&self, out: &mut Vec<u8>) {
         for (key, value) in &self.0 {
-            out.push('&');
-            push_encoded(out, key);
-            out.push('=');
-            match value {
-                Val::Raw(v) => push_encoded(out, v),
-                Val::Encoded(v) => out.push_str(v),
-            }
+            out.push(b'&');
+            push_encoded(out, key.as_bytes());
+            out.push(b'=');
+            value.write(out);
         }
     }
 }
@@ -190,9 +217,9 @@ impl HitTemplate {
         let mut p = Params(Vec::with_capacity(24));
 
         // The filter's own.
-        p.set("rand", Val::Raw(rand.to_string().into()));
-        p.raw("url", self.url(req));
-        p.raw("action_name", percent_decode_lossy(path_only));
+        p.push("rand", Val::Number(rand.into()));
+        p.push("url", self.url(req));
+        p.push("action_name", Val::Raw(percent_decode_lossy(path_only)));
         for (key, value) in [
             ("ua", &req.user_agent),
             ("lang", &req.accept_language),
@@ -204,20 +231,20 @@ impl HitTemplate {
                 } else {
                     v.into()
                 };
-                p.raw(key, v);
+                p.push(key, Val::Raw(v));
             }
         }
         if let Some(ms) = req.server_time_ms {
-            p.raw("pf_srv", ms.to_string());
+            p.push("pf_srv", Val::Number(ms));
         }
-        p.raw("cdt", req.time_secs.to_string());
+        p.push("cdt", Val::Number(req.time_secs));
 
         // Identity.
         if let Some(id) = req.cookie.as_deref().and_then(|c| self.visitor_id(c)) {
-            p.raw("_id", id);
+            p.push("_id", Val::Raw(id.into()));
         }
         if let Some(uid) = req.uid.as_deref().filter(|v| !v.is_empty()) {
-            p.raw("uid", uid);
+            p.push("uid", Val::Raw(uid.into()));
         }
         if let Some(cid) = req
             .cid
@@ -225,13 +252,13 @@ impl HitTemplate {
             .filter(|c| is_visitor_id(c))
             .or(o.cid.as_deref())
         {
-            p.raw("cid", cid);
+            p.push("cid", Val::Raw(cid.into()));
         }
         for (n, value) in &req.dimensions {
             p.set(format!("dimension{n}"), Val::Raw(value.as_str().into()));
         }
         if o.bots {
-            p.raw("bots", "1");
+            p.push("bots", Val::Encoded("1"));
         }
 
         // Config: the exact route, else the first action rule.
@@ -253,24 +280,36 @@ impl HitTemplate {
             p.raw(k.as_str(), v.as_str());
         }
 
-        p.raw("cvar", self.cvar(req, details));
+        p.set("cvar", Val::Bytes(self.cvar(req, details)));
         if o.with_client_ip {
             if let Some(ip) = &req.client_ip {
                 p.raw("cip", ip.as_str());
             }
         }
 
-        let mut out = String::with_capacity(256 + req.path.len() * 2);
-        out.push_str(&self.prefix);
+        // Room for a typical hit: every header byte escaped once in three.
+        let text = [&req.path, &req.authority]
+            .into_iter()
+            .chain(
+                [&req.user_agent, &req.referer, &req.accept_language]
+                    .into_iter()
+                    .flatten(),
+            )
+            .map(String::len)
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(192 + text.saturating_mul(2));
+        out.extend_from_slice(self.prefix.as_bytes());
         p.write(&mut out);
-        out
+        // Only ASCII was written: this checks and keeps the buffer.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 
     /// `scheme://authority/raw-path?query`, or `base_url` + raw path and query.
-    fn url(&self, req: &RequestFacts) -> String {
+    fn url<'a>(&'a self, req: &'a RequestFacts) -> Val<'a> {
         let path = self.options.query_filter.apply(&req.path);
         match &self.options.base_url {
-            Some(base) => format!("{base}{path}"),
+            Some(base) => Val::Joined([base, "", ""], path),
             None => {
                 let scheme = if self.options.assume_https {
                     "https"
@@ -279,32 +318,33 @@ impl HitTemplate {
                 } else {
                     &req.scheme
                 };
-                format!("{scheme}://{}{path}", req.authority)
+                Val::Joined([scheme, "://", &req.authority], path)
             }
         }
     }
 
     /// Matomo's indexed custom variables: status and method first, then config's, then the app's.
-    fn cvar(&self, req: &RequestFacts, details: Option<&RouteDetails>) -> String {
-        let mut cvar = String::with_capacity(64);
-        let _ = write!(
-            cvar,
-            r#"{{"1":["http_status_code","{}"],"2":["http_method",{}]"#,
-            req.status,
-            Value::String(req.method.clone())
-        );
+    fn cvar(&self, req: &RequestFacts, details: Option<&RouteDetails>) -> Vec<u8> {
+        let mut cvar = Vec::with_capacity(80);
+        cvar.extend_from_slice(br#"{"1":["http_status_code",""#);
+        push_number(&mut cvar, req.status.into());
+        cvar.extend_from_slice(br#""],"2":["http_method","#);
+        push_json(&mut cvar, &req.method);
+        cvar.push(b']');
         let extra = details
             .map_or(&[][..], |d| &d.cvar[..])
             .iter()
             .chain(&req.app.cvar);
-        for (i, (name, value)) in extra.enumerate() {
-            let pair = Value::Array(vec![
-                Value::String(name.clone()),
-                Value::String(value.clone()),
-            ]);
-            let _ = write!(cvar, ",\"{}\":{}", i + 3, pair);
+        for (i, (name, value)) in (3u64..).zip(extra) {
+            cvar.extend_from_slice(b",\"");
+            push_number(&mut cvar, i);
+            cvar.extend_from_slice(b"\":[");
+            push_json(&mut cvar, name);
+            cvar.push(b',');
+            push_json(&mut cvar, value);
+            cvar.push(b']');
         }
-        cvar.push('}');
+        cvar.push(b'}');
         cvar
     }
 
@@ -326,18 +366,41 @@ pub fn is_visitor_id(id: &str) -> bool {
 }
 
 /// Percent-encodes every byte but RFC 3986's unreserved characters, so the result is safe in a
-/// query string and in a JSON string alike.
-pub fn push_encoded(out: &mut String, s: &str) {
-    let hex = |n: u8| char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase());
-    for &b in s.as_bytes() {
+/// query string and in a JSON string alike. Runs of safe bytes are copied at once.
+pub fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.reserve(s.len().saturating_mul(3));
+    let mut run = 0; // start of the current run of unreserved bytes
+    for (i, &b) in s.iter().enumerate() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push('%');
-            out.push(hex(b >> 4));
-            out.push(hex(b & 0xf));
+            continue;
+        }
+        out.extend_from_slice(s.get(run..i).unwrap_or_default());
+        let hex = |n: u8| HEX.get(usize::from(n)).copied().unwrap_or(b'0');
+        out.extend_from_slice(&[b'%', hex(b >> 4), hex(b & 0xf)]);
+        run = i + 1;
+    }
+    out.extend_from_slice(s.get(run..).unwrap_or_default());
+}
+
+/// A number in decimal, without `format!`'s machinery.
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    while let Some(d) = start.checked_sub(1).and_then(|i| digits.get_mut(i)) {
+        *d = b'0' + (n % 10) as u8;
+        start -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
         }
     }
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+/// A JSON string literal (writing to a `Vec` cannot fail).
+fn push_json(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(out, s);
 }
 
 /// Decodes `%XX` escapes for a readable action name; malformed escapes stay as they are.

@@ -5,7 +5,7 @@
 
 use proxy_wasm::types::{BufferType, MapType, Status};
 
-use crate::headers::{decode_pairs, HeaderMap};
+use crate::headers::HeaderMap;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -52,16 +52,10 @@ pub fn map_value(map: MapType, name: &str) -> Option<Vec<u8>> {
     read(|d, s| unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), d, s) })
 }
 
-/// A whole header map in one host call, for lookups in `headers.rs`.
+/// A whole header map in one host call, for lookups in `headers.rs` (the SDK's own decoder
+/// unwraps UTF-8).
 pub fn map(map: MapType) -> HeaderMap {
     HeaderMap::new(map_bytes(map).unwrap_or_default())
-}
-
-/// All headers of a map, decoded lossily (`headers.rs`; the SDK's decoder unwraps UTF-8).
-pub fn map_pairs(map: MapType) -> Vec<(String, String)> {
-    map_bytes(map)
-        .map(|bytes| decode_pairs(&bytes))
-        .unwrap_or_default()
 }
 
 fn map_bytes(map: MapType) -> Option<Vec<u8>> {

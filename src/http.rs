@@ -20,6 +20,8 @@ pub struct Filter {
     tracker: Option<Rc<RefCell<Tracker>>>,
     started: Option<Duration>,
     responded: Option<Duration>,
+    /// The response status, read with the response headers.
+    status: Option<u32>,
     app: AppParams,
 }
 
@@ -29,17 +31,23 @@ impl Filter {
             tracker,
             started: None,
             responded: None,
+            status: None,
             app: AppParams::default(),
         }
     }
 
-    /// Takes the app's tracking headers off the response, remembering what they said.
-    fn take_app_headers(&mut self, prefix: &str) {
-        for (name, value) in host::map_pairs(MapType::HttpResponseHeaders) {
-            if let Some(suffix) = name.strip_prefix(prefix) {
-                self.app.add(suffix, &value);
-                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name);
-            }
+    /// Notes the status, and takes the app's tracking headers off the response, remembering
+    /// what they said. One host call reads the whole map.
+    fn read_response(&mut self, prefix: &str) {
+        let headers = host::map(MapType::HttpResponseHeaders);
+        self.status = headers.get(":status").and_then(|s| s.parse().ok());
+        if prefix.is_empty() {
+            return;
+        }
+        for (name, value) in headers.prefixed(prefix) {
+            self.app
+                .add(name.get(prefix.len()..).unwrap_or_default(), &value);
+            let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name);
         }
     }
 }
@@ -63,10 +71,7 @@ impl HttpContext for Filter {
             return Action::Continue;
         };
         if let Ok(tracker) = tracker.try_borrow() {
-            let prefix = &tracker.settings.headers.response_prefix;
-            if !prefix.is_empty() {
-                self.take_app_headers(prefix);
-            }
+            self.read_response(&tracker.settings.headers.response_prefix);
         }
         Action::Continue
     }
@@ -107,8 +112,14 @@ impl HttpContext for Filter {
             user_agent,
             accept_language: request_header("accept-language"),
             referer: request_header("referer"),
-            status: header(MapType::HttpResponseHeaders, ":status")
-                .and_then(|s| s.parse().ok())
+            // Read here only when the response headers never passed this filter.
+            status: self
+                .status
+                .or_else(|| {
+                    header(MapType::HttpResponseHeaders, ":status")?
+                        .parse()
+                        .ok()
+                })
                 .unwrap_or(0),
             server_time_ms: self
                 .responded
