@@ -43,21 +43,25 @@ impl Root {
         }
     }
 
-    /// Sends what is due; when finishing, keeps going past calls that fail at once, and once
-    /// nothing is left counts and tells Envoy we are done.
+    /// Sends what is due; when finishing, sends the rest, and once nothing is left counts and
+    /// tells Envoy we are done.
     fn send_and_maybe_finish(&mut self, tracker: &mut Tracker, now: Duration) {
-        self.send_due(tracker, now);
         if !self.finishing {
-            return;
-        }
-        while !tracker.batcher.is_idle() && !tracker.batcher.in_flight() {
             self.send_due(tracker, now);
-        }
-        if tracker.batcher.is_idle() {
+        } else if self.send_rest(tracker, now) {
             self.flush_counters(tracker);
             self.finishing = false;
             host::done();
         }
+    }
+
+    /// Sends batch after batch while none is in flight (a call that fails at once frees the
+    /// slot); true once nothing is left.
+    fn send_rest(&mut self, tracker: &mut Tracker, now: Duration) -> bool {
+        while !tracker.batcher.is_idle() && !tracker.batcher.in_flight() {
+            self.send_due(tracker, now);
+        }
+        tracker.batcher.is_idle()
     }
 
     /// Hands counts gathered since the last tick to Envoy's stats.
@@ -186,12 +190,9 @@ impl Context for Root {
             return true;
         };
         tracker.batcher.drain();
-        let now = now();
-        while !tracker.batcher.is_idle() && !tracker.batcher.in_flight() {
-            self.send_due(&mut tracker, now);
-        }
+        let finished = self.send_rest(&mut tracker, now());
         self.flush_counters(&mut tracker);
-        if tracker.batcher.is_idle() {
+        if finished {
             return true;
         }
         self.finishing = true;
