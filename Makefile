@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WASM := target/wasm32-wasip1/release/matomo_proxy_wasm.wasm
 DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 
-.PHONY: build deps test lint unit integration run clean soak
+.PHONY: build toolchain deps test lint unit integration run clean soak
 
 ## The release module (rust-toolchain.toml makes rustup add the wasm32-wasip1 target).
 ## Then wasm-opt -Oz (Debian: binaryen) from cargo's output in deps/ into the final path, only when
@@ -15,7 +15,7 @@ DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 WASM_RAW := target/wasm32-wasip1/release/deps/matomo_proxy_wasm.wasm
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
-build:
+build: toolchain
 	cargo build --release --target wasm32-wasip1
 	@command -v wasm-opt >/dev/null || { echo "wasm-opt missing: apt-get install binaryen" >&2; exit 1; }
 	@if [ $(WASM_RAW) -ef $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
@@ -32,7 +32,12 @@ $(DEPS): tests/requirements.txt .envoy-version
 
 test: lint unit integration
 
-lint:
+## rustup adds rust-toolchain.toml's target only when it installs the toolchain itself; a machine
+## that already has stable needs the target added.
+toolchain:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+lint: toolchain
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -- -D warnings

@@ -127,8 +127,8 @@ impl HttpContext for Filter {
             time_secs: started.as_secs(),
             client_ip,
             cookie: request_header("cookie"),
-            uid: sources.uid.as_deref().and_then(&request_header),
-            cid: sources.cid.as_deref().and_then(&request_header),
+            uid: sources.uid.as_deref().and_then(request_header),
+            cid: sources.cid.as_deref().and_then(request_header),
             dimensions: sources
                 .dimensions
                 .iter()
