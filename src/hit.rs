@@ -365,22 +365,42 @@ pub fn is_visitor_id(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Percent-encodes every byte but RFC 3986's unreserved characters, so the result is safe in a
-/// query string and in a JSON string alike. Runs of safe bytes are copied at once.
-pub fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
+/// Every byte's percent-encoding, built at compile time: RFC 3986's unreserved bytes
+/// (`A-Z a-z 0-9 - . _ ~`) as themselves, all others as `%XX`. The last of the four bytes is
+/// the length (1 or 3), so the encoder writes four bytes and steps by it, without branching.
+/// (Indexing a constant is checked when it is compiled.)
+#[allow(clippy::indexing_slicing)]
+const ENCODED: [[u8; 4]; 256] = {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    out.reserve(s.len().saturating_mul(3));
-    let mut run = 0; // start of the current run of unreserved bytes
-    for (i, &b) in s.iter().enumerate() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            continue;
-        }
-        out.extend_from_slice(s.get(run..i).unwrap_or_default());
-        let hex = |n: u8| HEX.get(usize::from(n)).copied().unwrap_or(b'0');
-        out.extend_from_slice(&[b'%', hex(b >> 4), hex(b & 0xf)]);
-        run = i + 1;
+    let mut table = [[0u8; 4]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            [b, 0, 0, 1]
+        } else {
+            [b'%', HEX[i >> 4], HEX[i & 0xf], 3]
+        };
+        i += 1;
     }
-    out.extend_from_slice(s.get(run..).unwrap_or_default());
+    table
+};
+
+/// Percent-encodes every byte but RFC 3986's unreserved characters, so the result is safe in a
+/// query string and in a JSON string alike. Writes into room made up front (three bytes per
+/// input byte at most, and one spare for the four-byte writes), then gives back the rest.
+pub fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
+    let start = out.len();
+    out.resize(start + s.len() * 3 + 1, 0);
+    let mut at = start;
+    for &b in s {
+        let [x, y, z, len] = ENCODED.get(usize::from(b)).copied().unwrap_or_default();
+        if let Some(room) = out.get_mut(at..at + 4) {
+            room.copy_from_slice(&[x, y, z, len]);
+        }
+        at += usize::from(len);
+    }
+    out.truncate(at);
 }
 
 /// A number in decimal, without `format!`'s machinery.
