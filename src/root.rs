@@ -12,7 +12,7 @@ use proxy_wasm::types::{BufferType, ContextType, MapType, MetricType};
 use crate::batch::{read_answer, Answer, Outcome};
 use crate::config::Settings;
 use crate::host;
-use crate::http::Filter;
+use crate::http::{track_finished, Filter, Seen};
 use crate::log_limit::LogLimit;
 use crate::metrics::Counter;
 use crate::tracker::Tracker;
@@ -144,6 +144,15 @@ impl Root {
     }
 }
 
+/// A timestamp or duration property (`request.time`, `request.duration`): Envoy writes both as
+/// 64-bit little-endian nanoseconds.
+fn nanos_property(path: &[u8]) -> Option<Duration> {
+    let bytes: [u8; 8] = host::property(path)?.try_into().ok()?;
+    u64::try_from(i64::from_le_bytes(bytes))
+        .ok()
+        .map(Duration::from_nanos)
+}
+
 /// Wall-clock time since the Unix epoch, as the host tells it.
 pub fn now() -> Duration {
     hostcalls::get_current_time()
@@ -254,6 +263,32 @@ impl RootContext for Root {
         };
         self.flush_counters(&mut tracker);
         self.send_and_maybe_finish(&mut tracker, now());
+    }
+
+    /// Envoy calls this only when the module runs as an access logger
+    /// (`envoy.access_loggers.wasm`), once per finished request; as a filter, `on_log` goes to
+    /// the request's own context. No per-request context then: times come from Envoy's
+    /// `request.time` and `request.duration`, and the app's headers can be read but no
+    /// longer removed.
+    fn on_log(&mut self) {
+        let Some(tracker) = self.tracker.clone() else {
+            return;
+        };
+        let Ok(mut tracker) = tracker.try_borrow_mut() else {
+            return;
+        };
+        track_finished(&mut tracker, |tracker| {
+            let started = nanos_property(b"request\0time");
+            let mut seen = Seen {
+                started,
+                responded: started
+                    .zip(nanos_property(b"request\0duration"))
+                    .and_then(|(s, d)| s.checked_add(d)),
+                ..Seen::default()
+            };
+            seen.read_response(&tracker.settings.headers.response_prefix, false);
+            seen
+        });
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -65,19 +65,25 @@ class Started:
 @pytest.fixture
 def start_envoy(request, matomo, upstream):
     """`start_envoy(plugin_config, concurrency=1, **bootstrap_or_filter_options)`: Envoy in
-    front of the demo upstream, with the filter sending to the `matomo` stand-in."""
+    front of the demo upstream, with the filter (or, with `access_log=True`, the access
+    logger) sending to the `matomo` stand-in."""
     started: list[E.Envoy] = []
 
     def start(plugin_config, *, concurrency=1, log_level="info", root_id="matomo", vm_env=None,
               failure_policy=None, matomo_cluster="matomo", matomo_port=None, wait=True,
-              extra_args=(), **bootstrap_extra):
+              extra_args=(), access_log=False, **bootstrap_extra):
         listen_port, admin_port = E.free_port(), E.free_port()
+        plugin = dict(root_id=root_id, vm_env=vm_env, failure_policy=failure_policy)
+        if access_log:  # the module as the HCM's access logger instead of an HTTP filter
+            http_filters = []
+            bootstrap_extra["hcm_extra"] = {**bootstrap_extra.get("hcm_extra", {}),
+                                            "access_log": [E.wasm_access_log(plugin_config, **plugin)]}
+        else:
+            http_filters = [E.wasm_filter(plugin_config, **plugin)]
         config = E.bootstrap(
             listen_port=listen_port, admin_port=admin_port, upstream_port=upstream.port,
             matomo_port=matomo_port or matomo.port, matomo_cluster=matomo_cluster,
-            http_filters=[E.wasm_filter(plugin_config, root_id=root_id, vm_env=vm_env,
-                                        failure_policy=failure_policy)],
-            **bootstrap_extra,
+            http_filters=http_filters, **bootstrap_extra,
         )
         envoy = E.Envoy(config, concurrency=concurrency, log_level=log_level, extra_args=extra_args)
         started.append(envoy)

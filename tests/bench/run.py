@@ -28,7 +28,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.envoy import ROOT, WASM, Envoy, bootstrap, envoy_binary, free_port, wasm_filter
+from tests.support.envoy import (ROOT, WASM, Envoy, bootstrap, envoy_binary, free_port, wasm_access_log,
+                                 wasm_filter)
 
 BENCH = ROOT / "tests/bench"
 PEERS = ROOT / "target/bench-peers"
@@ -68,6 +69,10 @@ def variants() -> dict[str, tuple[list, int, bool, str]]:
         "filter": (ours(), 1, True, "this filter, defaults (batch_size 200), every request tracked"),
         "filter-ignored": (ours(ignored_routes=[PATH.split("?")[0]]), 1, True,
                            "this filter, every request matched by ignored_routes (no hit)"),
+        "access-log": ([wasm_access_log(filter_config())], 1, True,
+                       "this module as Envoy's wasm access logger instead of a filter, every request tracked"),
+        "noop access-log": ([wasm_access_log("", wasm=NOOP_WASM)], 1, True,
+                            "the no-op module as a wasm access logger (that mode's floor)"),
         "per-request-wasm": ([wasm_filter("/matomo.php", wasm=PER_REQUEST_WASM)], 1, True,
                              "peer: wasm, one dispatch_http_call per request"),
         "per-request-lua": ([lua_filter()], 1, True,
@@ -163,11 +168,19 @@ def wrk(port: int, duration: float, connections: int, script: Path | None = None
     }
 
 
+def envoy_config(filters: list[dict], port: int, admin: int, standin: StandIn) -> dict:
+    """The bootstrap for a variant: its HTTP filters, and its access loggers on the HCM."""
+    loggers = [f for f in filters if f["name"].startswith("envoy.access_loggers.")]
+    return bootstrap(listen_port=port, admin_port=admin, upstream_port=standin.upstream_port,
+                     matomo_port=standin.matomo_port,
+                     http_filters=[f for f in filters if f not in loggers],
+                     hcm_extra={"access_log": loggers} if loggers else None)
+
+
 def run_variant(name: str, spec, standin: StandIn, duration: float) -> dict:
     filters, workers, moderate, _ = spec
     port, admin = free_port(), free_port()
-    config = bootstrap(listen_port=port, admin_port=admin, upstream_port=standin.upstream_port,
-                       matomo_port=standin.matomo_port, http_filters=filters)
+    config = envoy_config(filters, port, admin, standin)
     standin.reset()
     envoy = Envoy(config, concurrency=workers, log_level="warning")
     envoy.start()

@@ -80,6 +80,16 @@ def wasm_filter(plugin_config: dict | str, *, root_id: str = "matomo", vm_env: d
     }
 
 
+def wasm_access_log(plugin_config: dict | str, **kw) -> dict:
+    """The same plugin as an `envoy.access_loggers.wasm` entry, for the HCM's `access_log`."""
+    config = wasm_filter(plugin_config, **kw)["typed_config"]["config"]
+    return {
+        "name": "envoy.access_loggers.wasm",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.access_loggers.wasm.v3.WasmAccessLog",
+                         "config": config},
+    }
+
+
 def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_port: int,
               http_filters: list[dict], matomo_cluster: str = "matomo", hcm_extra: dict | None = None,
               listener_extra: dict | None = None, filter_chain_extra: dict | None = None) -> dict:
