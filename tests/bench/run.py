@@ -9,7 +9,7 @@ Per run: a 1 s warm-up, a saturated run (wrk, `-c 32`), a moderate fixed-rate ru
 with a 1 ms pause per connection, see moderate.lua; main variants only), then a wait until
 the stand-in has every hit (or nothing more arrives), then Envoy's RSS.
 
-    python -m tests.bench.run [--rounds 3] [--duration 4] [--only filter,noop] [--no-scaling]
+    python -m tests.bench.run [--rounds 5] [--duration 4] [--only filter,noop] [--no-scaling]
 """
 
 from __future__ import annotations
@@ -288,6 +288,12 @@ def targets(summary: dict[str, dict]) -> list[tuple[str, bool, str]]:
         if f.get("mod_p99") is not None and noop.get("mod_p99") is not None:
             d = (f["mod_p99"] - noop["mod_p99"]) * 1e6
             out.append(("added p99 over no-op < 100 µs at moderate load", d < 100, f"{d:+.0f} µs"))
+    a = summary.get("access-log")
+    if a and noop:
+        r = a["sat_rps"] / noop["sat_rps"]
+        out.append(("as an access logger: ≥ 0.9 × no-op filter floor, every hit delivered",
+                    r >= 0.9 and a["hits"] >= a["served"],
+                    f"{r:.2f} ×, {a['hits']:,.0f} of {a['served']:,.0f} hits delivered"))
     size = WASM.stat().st_size
     out.append(("release .wasm ≤ 200 KB", size <= 200_000, f"{size:,} bytes"))
     return out
@@ -295,7 +301,7 @@ def targets(summary: dict[str, dict]) -> list[tuple[str, bool, str]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run")
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("--no-scaling", action="store_true")
