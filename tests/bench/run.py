@@ -106,6 +106,7 @@ def scaling_variants() -> dict[str, tuple[list, int, bool, str]]:
         "filter w4": (ours(), 4, False, "this filter, 4 workers (oversubscribed on 2 cores)"),
         "filter b1": (ours(batch_size=1), 1, False, "this filter, batch_size 1"),
         "filter b10": (ours(batch_size=10), 1, False, "this filter, batch_size 10"),
+        "filter b100": (ours(batch_size=100), 1, False, "this filter, batch_size 100"),
         "filter b500": (ours(batch_size=500), 1, False, "this filter, batch_size 500"),
     }
 
