@@ -271,7 +271,7 @@ impl RootContext for Root {
     /// `request.time` and `request.duration`, and the app's headers can be read but no
     /// longer removed.
     fn on_log(&mut self) {
-        let Some(tracker) = self.tracker.clone() else {
+        let Some(tracker) = &self.tracker else {
             return;
         };
         let Ok(mut tracker) = tracker.try_borrow_mut() else {
