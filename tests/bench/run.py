@@ -188,7 +188,10 @@ def run_variant(name: str, spec, standin: StandIn, duration: float) -> dict:
     try:
         wrk(port, 1, SAT_CONNECTIONS)  # warm-up: connections, VM, JIT
         result = {"variant": name, "workers": workers}
+        cpu = envoy.cpu_seconds()
         sat = wrk(port, duration, SAT_CONNECTIONS)
+        # Envoy's CPU per request served: what a request costs the proxy, whatever wrk got.
+        sat["cpu_us"] = (envoy.cpu_seconds() - cpu) / max(sat["requests"], 1) * 1e6
         result.update({f"sat_{k}": v for k, v in sat.items()})
         if moderate:
             mod = wrk(port, duration, MODERATE_CONNECTIONS, BENCH / "moderate.lua")
@@ -251,9 +254,9 @@ def fmt_us(s):
 def table(summary: dict[str, dict], descriptions: dict[str, str]) -> str:
     noop = summary.get("noop", {})
     rows = ["| variant | workers | req/s (c=32) | × no-op | p50 / p99 (c=32) | p50 / p99 (c=4, 1 ms pause) "
-            "| Δp99 vs no-op (c=4) | Matomo calls / 1000 hits | hits delivered / requests | Envoy RSS "
-            "| failed responses |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| Δp99 vs no-op (c=4) | Envoy CPU / request | Matomo calls / 1000 hits "
+            "| hits delivered / requests | Envoy RSS | failed responses |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         ref = summary.get(f"noop w{s['workers']}", noop) if s["workers"] > 1 else noop
         ratio = f"{s['sat_rps'] / ref['sat_rps']:.2f}" if ref.get("sat_rps") else "–"
@@ -262,9 +265,10 @@ def table(summary: dict[str, dict], descriptions: dict[str, str]) -> str:
         dp99 = (f"{(s['mod_p99'] - noop['mod_p99']) * 1e6:+,.0f} µs"
                 if s.get("mod_p99") is not None and noop.get("mod_p99") else "–")
         calls = f"{s['calls'] * 1000 / s['hits']:.1f}" if s.get("hits") else "–"
+        cpu = f"{s['sat_cpu_us']:.0f} µs" if s.get("sat_cpu_us") else "–"
         delivered = f"{s['hits']:,.0f} / {s['served']:,.0f}" if s.get("calls") else "–"
-        rows.append(f"| {name} | {s['workers']} | {s['sat_rps']:,.0f} | {ratio} | "
-                    f"{fmt_us(s['sat_p50'])} / {fmt_us(s['sat_p99'])} | {mod} | {dp99} | {calls} | "
+        rows.append(f"| {name} | {s['workers']:.0f} | {s['sat_rps']:,.0f} | {ratio} | "
+                    f"{fmt_us(s['sat_p50'])} / {fmt_us(s['sat_p99'])} | {mod} | {dp99} | {cpu} | {calls} | "
                     f"{delivered} | {s['rss'] / 2**20:.0f} MiB | {s['sat_errors'] + s.get('mod_errors', 0):,.0f} |")
     rows.append("")
     rows += [f"- **{n}**: {d}" for n, d in descriptions.items() if n in summary]
