@@ -22,7 +22,8 @@ use crate::tracker::Tracker;
 #[derive(Default)]
 pub struct Seen {
     pub started: Option<Duration>,
-    pub responded: Option<Duration>,
+    /// From the request to the response headers (a filter) or to the end (an access logger).
+    pub server_time: Option<Duration>,
     /// The response status, read with the response headers.
     pub status: Option<u32>,
     pub app: AppParams,
@@ -71,7 +72,8 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        self.seen.responded = Some(now());
+        let responded = now();
+        self.seen.server_time = self.seen.started.map(|s| responded.saturating_sub(s));
         let Some(tracker) = self.tracker.clone() else {
             return Action::Continue;
         };
@@ -139,8 +141,8 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
             })
             .unwrap_or(0),
         server_time_ms: seen
-            .responded
-            .map(|r| u64::try_from(r.saturating_sub(started).as_millis()).unwrap_or(u64::MAX)),
+            .server_time
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         time_secs: started.as_secs(),
         client_ip,
         cookie: request_header("cookie"),

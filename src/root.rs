@@ -278,12 +278,9 @@ impl RootContext for Root {
             return;
         };
         track_finished(&mut tracker, |tracker| {
-            let started = nanos_property(b"request\0time");
             let mut seen = Seen {
-                started,
-                responded: started
-                    .zip(nanos_property(b"request\0duration"))
-                    .and_then(|(s, d)| s.checked_add(d)),
+                started: nanos_property(b"request\0time"),
+                server_time: nanos_property(b"request\0duration"),
                 ..Seen::default()
             };
             seen.read_response(&tracker.settings.headers.response_prefix, false);

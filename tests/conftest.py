@@ -74,16 +74,13 @@ def start_envoy(request, matomo, upstream):
               extra_args=(), access_log=False, **bootstrap_extra):
         listen_port, admin_port = E.free_port(), E.free_port()
         plugin = dict(root_id=root_id, vm_env=vm_env, failure_policy=failure_policy)
-        if access_log:  # the module as the HCM's access logger instead of an HTTP filter
-            http_filters = []
-            bootstrap_extra["hcm_extra"] = {**bootstrap_extra.get("hcm_extra", {}),
-                                            "access_log": [E.wasm_access_log(plugin_config, **plugin)]}
-        else:
-            http_filters = [E.wasm_filter(plugin_config, **plugin)]
+        # The module as an HTTP filter, or as the HCM's access logger instead.
+        module = (E.wasm_access_log if access_log else E.wasm_filter)(plugin_config, **plugin)
         config = E.bootstrap(
             listen_port=listen_port, admin_port=admin_port, upstream_port=upstream.port,
             matomo_port=matomo_port or matomo.port, matomo_cluster=matomo_cluster,
-            http_filters=http_filters, **bootstrap_extra,
+            http_filters=[] if access_log else [module], access_log=[module] if access_log else None,
+            **bootstrap_extra,
         )
         envoy = E.Envoy(config, concurrency=concurrency, log_level=log_level, extra_args=extra_args)
         started.append(envoy)

@@ -174,8 +174,7 @@ def envoy_config(filters: list[dict], port: int, admin: int, standin: StandIn) -
     loggers = [f for f in filters if f["name"].startswith("envoy.access_loggers.")]
     return bootstrap(listen_port=port, admin_port=admin, upstream_port=standin.upstream_port,
                      matomo_port=standin.matomo_port,
-                     http_filters=[f for f in filters if f not in loggers],
-                     hcm_extra={"access_log": loggers} if loggers else None)
+                     http_filters=[f for f in filters if f not in loggers], access_log=loggers)
 
 
 def run_variant(name: str, spec, standin: StandIn, duration: float) -> dict:

@@ -91,10 +91,11 @@ def wasm_access_log(plugin_config: dict | str, **kw) -> dict:
 
 
 def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_port: int,
-              http_filters: list[dict], matomo_cluster: str = "matomo", hcm_extra: dict | None = None,
+              http_filters: list[dict], access_log: list[dict] | None = None,
+              matomo_cluster: str = "matomo", hcm_extra: dict | None = None,
               listener_extra: dict | None = None, filter_chain_extra: dict | None = None) -> dict:
-    """A whole Envoy config: one listener routing everything to the upstream, and a cluster
-    for Matomo."""
+    """A whole Envoy config: one listener routing everything to the upstream (through
+    `http_filters`, logged by `access_log`), and a cluster for Matomo."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
@@ -106,6 +107,7 @@ def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_p
             "name": "envoy.filters.http.router",
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         }],
+        **({"access_log": access_log} if access_log else {}),
         **(hcm_extra or {}),
     }
     listener = {
