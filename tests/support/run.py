@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import urllib.parse
@@ -49,6 +50,8 @@ def real_matomo_cluster(url: str) -> dict:
 
 
 def main() -> None:
+    # A plain `kill` (or `timeout`) stops Envoy and the helpers too, as Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     upstream = Upstream().start()
     matomo_url = os.environ.get("MATOMO_URL")
     plugin = {"flush_interval": 1}
