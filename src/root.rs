@@ -144,8 +144,8 @@ impl Root {
     }
 }
 
-/// A timestamp or duration property (`request.time`, `request.duration`): Envoy writes both as
-/// 64-bit little-endian nanoseconds.
+/// A timestamp property (`request.time`): Envoy writes it as 64-bit little-endian nanoseconds
+/// since the Unix epoch.
 fn nanos_property(path: &[u8]) -> Option<Duration> {
     let bytes: [u8; 8] = host::property(path)?.try_into().ok()?;
     u64::try_from(i64::from_le_bytes(bytes))
@@ -267,9 +267,11 @@ impl RootContext for Root {
 
     /// Envoy calls this only when the module runs as an access logger
     /// (`envoy.access_loggers.wasm`), once per finished request; as a filter, `on_log` goes to
-    /// the request's own context. No per-request context then: times come from Envoy's
-    /// `request.time` and `request.duration`, and the app's headers can be read but no
-    /// longer removed.
+    /// the request's own context. No per-request context then: the start is Envoy's
+    /// `request.time`, the server time runs from there to now (the request just finished), and
+    /// the app's headers can be read but no longer removed. A clock read instead of the
+    /// `request.duration` property saves a read the host answers through this module's
+    /// allocator, about 9,000 of Envoy's instructions per request (`make bench-instructions`).
     fn on_log(&mut self) {
         let Some(tracker) = &self.tracker else {
             return;
@@ -278,9 +280,11 @@ impl RootContext for Root {
             return;
         };
         track_finished(&mut tracker, |tracker| {
+            let started = nanos_property(b"request\0time");
+            let finished = now();
             let mut seen = Seen {
-                started: nanos_property(b"request\0time"),
-                server_time: nanos_property(b"request\0duration"),
+                started,
+                server_time: started.map(|s| finished.saturating_sub(s)),
                 ..Seen::default()
             };
             seen.read_response(&tracker.settings.headers.response_prefix, false);

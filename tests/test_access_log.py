@@ -1,6 +1,7 @@
 """The same module as Envoy's wasm access logger (`envoy.access_loggers.wasm`): one call per
-finished request, no per-request context. Times come from Envoy's `request.time` and
-`request.duration`; the app's headers are read but reach the client."""
+finished request, no per-request context. The start comes from Envoy's `request.time`, and
+`pf_srv` runs from there to the end of the request; the app's headers are read but reach the
+client."""
 
 from __future__ import annotations
 
