@@ -5,9 +5,10 @@ upstream, with the same native Matomo stand-in (`peers/standin`, which counts ca
 Variants alternate within each round (the order rotates per round) and the table shows the
 median over rounds, so the noise of a shared machine hits every variant alike.
 
-Per run: a 1 s warm-up, a saturated run (wrk, `-c 32`), a moderate fixed-rate run (wrk `-c 4`
-with a 1 ms pause per connection, see moderate.lua; main variants only), then a wait until
-the stand-in has every hit (or nothing more arrives), then Envoy's RSS.
+Per run: a 1 s warm-up, a saturated run (wrk, `-c 32`), then for the main variants two paced
+runs where each connection pauses 1 ms between requests (see paced.lua): a light one (`-c 1`,
+one request at a time) and a moderate one (`-c 4`); then a wait until the stand-in has every hit
+(or nothing more arrives), then Envoy's RSS.
 
     python -m tests.bench.run [--rounds 5] [--duration 4] [--only filter,noop] [--no-scaling]
 """
@@ -42,6 +43,7 @@ RESULTS = BENCH / "results"
 PATH = "/api/v1/products/12345?color=blue&size=M"
 HEADERS = ["User-Agent: Mozilla/5.0 (X11; Linux x86_64) bench", "Accept-Language: en-US,en;q=0.9"]
 SAT_CONNECTIONS = 32
+LIGHT_CONNECTIONS = 1
 MODERATE_CONNECTIONS = 4
 
 
@@ -193,8 +195,9 @@ def run_variant(name: str, spec, standin: StandIn, duration: float) -> dict:
         sat["cpu_us"] = (envoy.cpu_seconds() - cpu) / max(sat["requests"], 1) * 1e6
         result.update({f"sat_{k}": v for k, v in sat.items()})
         if moderate:
-            mod = wrk(port, duration, MODERATE_CONNECTIONS, BENCH / "moderate.lua")
-            result.update({f"mod_{k}": v for k, v in mod.items()})
+            for key, connections in (("light", LIGHT_CONNECTIONS), ("mod", MODERATE_CONNECTIONS)):
+                paced = wrk(port, duration, connections, BENCH / "paced.lua")
+                result.update({f"{key}_{k}": v for k, v in paced.items()})
         # Wait for the last hits: until the stand-in has one per request served, or nothing
         # more has arrived for 2 s (flush_interval is 1 s).
         last, still_since, deadline = None, time.monotonic(), time.monotonic() + 30
@@ -250,25 +253,36 @@ def fmt_us(s):
     return "–" if s is None else f"{s * 1e6:,.0f} µs"
 
 
+def errors(s: dict) -> float:
+    return s["sat_errors"] + s.get("light_errors", 0) + s.get("mod_errors", 0)
+
+
 def table(summary: dict[str, dict], descriptions: dict[str, str]) -> str:
     noop = summary.get("noop", {})
-    rows = ["| variant | workers | req/s (c=32) | × no-op | p50 / p99 (c=32) | p50 / p99 (c=4, 1 ms pause) "
-            "| Δp99 vs no-op (c=4) | Envoy CPU / request | Matomo calls / 1000 hits "
-            "| hits delivered / requests | Envoy RSS | failed responses |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| variant | workers | req/s (c=32) | × no-op | p50 / p99 (c=32) | p50 / p99 (c=1, 1 ms pause) "
+            "| p50 / p99 (c=4, 1 ms pause) | Δp99 vs no-op (c=1 / c=4) | Envoy CPU / request "
+            "| Matomo calls / 1000 hits | hits delivered / requests | Envoy RSS | failed responses |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def paced(s: dict, key: str) -> str:
+        return (f"{fmt_us(s.get(f'{key}_p50'))} / {fmt_us(s.get(f'{key}_p99'))}"
+                if s.get(f"{key}_p99") is not None else "–")
+
+    def added_p99(s: dict, key: str) -> str:
+        if s.get(f"{key}_p99") is None or not noop.get(f"{key}_p99"):
+            return "–"
+        return f"{(s[f'{key}_p99'] - noop[f'{key}_p99']) * 1e6:+,.0f} µs"
+
     for name, s in summary.items():
         ref = summary.get(f"noop w{s['workers']}", noop) if s["workers"] > 1 else noop
         ratio = f"{s['sat_rps'] / ref['sat_rps']:.2f}" if ref.get("sat_rps") else "–"
-        mod = (f"{fmt_us(s.get('mod_p50'))} / {fmt_us(s.get('mod_p99'))}"
-               if s.get("mod_p99") is not None else "–")
-        dp99 = (f"{(s['mod_p99'] - noop['mod_p99']) * 1e6:+,.0f} µs"
-                if s.get("mod_p99") is not None and noop.get("mod_p99") else "–")
         calls = f"{s['calls'] * 1000 / s['hits']:.1f}" if s.get("hits") else "–"
         cpu = f"{s['sat_cpu_us']:.0f} µs" if s.get("sat_cpu_us") else "–"
         delivered = f"{s['hits']:,.0f} / {s['served']:,.0f}" if s.get("calls") else "–"
         rows.append(f"| {name} | {s['workers']:.0f} | {s['sat_rps']:,.0f} | {ratio} | "
-                    f"{fmt_us(s['sat_p50'])} / {fmt_us(s['sat_p99'])} | {mod} | {dp99} | {cpu} | {calls} | "
-                    f"{delivered} | {s['rss'] / 2**20:.0f} MiB | {s['sat_errors'] + s.get('mod_errors', 0):,.0f} |")
+                    f"{fmt_us(s['sat_p50'])} / {fmt_us(s['sat_p99'])} | {paced(s, 'light')} | {paced(s, 'mod')} | "
+                    f"{added_p99(s, 'light')} / {added_p99(s, 'mod')} | {cpu} | {calls} | {delivered} | "
+                    f"{s['rss'] / 2**20:.0f} MiB | {errors(s):,.0f} |")
     rows.append("")
     rows += [f"- **{n}**: {d}" for n, d in descriptions.items() if n in summary]
     return "\n".join(rows)
@@ -289,9 +303,10 @@ def targets(summary: dict[str, dict]) -> list[tuple[str, bool, str]]:
         if f.get("hits"):
             c = f["calls"] * 1000 / f["hits"]
             out.append(("≤ 10 Matomo calls per 1000 hits", c <= 10, f"{c:.2f}"))
-        if f.get("mod_p99") is not None and noop.get("mod_p99") is not None:
-            d = (f["mod_p99"] - noop["mod_p99"]) * 1e6
-            out.append(("added p99 over no-op < 100 µs at moderate load", d < 100, f"{d:+.0f} µs"))
+        for key, load in (("light", "light load (c=1)"), ("mod", "moderate load (c=4)")):
+            if f.get(f"{key}_p99") is not None and noop.get(f"{key}_p99") is not None:
+                d = (f[f"{key}_p99"] - noop[f"{key}_p99"]) * 1e6
+                out.append((f"added p99 over no-op < 100 µs at {load}", d < 100, f"{d:+.0f} µs"))
     a = summary.get("access-log")
     if a and noop:
         r = a["sat_rps"] / noop["sat_rps"]
@@ -336,11 +351,12 @@ def main() -> int:
             for name in order:
                 res = run_variant(name, all_variants[name], standin, args.duration)
                 runs[name].append(res)
-                mod = f", c=4 p99 {fmt_us(res.get('mod_p99'))}" if "mod_p99" in res else ""
+                mod = (f", c=1 / c=4 p99 {fmt_us(res.get('light_p99'))} / {fmt_us(res.get('mod_p99'))}"
+                       if "mod_p99" in res else "")
                 print(f"round {r + 1}/{args.rounds} {name:18} {res['sat_rps']:>9,.0f} req/s, "
                       f"p99 {fmt_us(res['sat_p99'])}{mod}, hits {res['hits']}/{res['served']}, "
                       f"calls {res['calls']}, rss {res['rss'] / 2**20:.0f} MiB, "
-                      f"failed {res['sat_errors'] + res.get('mod_errors', 0)}"
+                      f"failed {errors(res)}"
                       f"{' ' + json.dumps({k: v for k, v in res['counters'].items() if v}) if res.get('counters') else ''}", flush=True)
     finally:
         standin.stop()
