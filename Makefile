@@ -85,21 +85,34 @@ release-check:
 	  && echo "reproducible: both builds gave the same module and image"
 
 ## Performance against the usual ways, in real Envoy on loopback (tests/bench/RESULTS.md): the
-## native hit-encoding microbenchmark, then every variant side by side (~8 min; BENCH_ARGS to
+## native hit-encoding microbenchmark, then every variant side by side (~15 min; BENCH_ARGS to
 ## change, e.g. BENCH_ARGS="--rounds 1 --duration 2 --no-scaling"). Needs wrk (Debian).
-.PHONY: bench
+.PHONY: bench bench-peers bench-instructions
 BENCH_ARGS ?=
-bench: build deps
-	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && echo "installing wrk (apt-get)" && apt-get update -qq \
-	  && apt-get install -y -qq --no-install-recommends wrk >/dev/null; } \
-	  || { echo "make bench needs wrk: apt-get install wrk" >&2; exit 1; }
-	@for p in noop per_request spin; do cargo build -q --release --target wasm32-wasip1 \
-	  --manifest-path tests/bench/peers/$$p/Cargo.toml --target-dir target/bench-peers || exit 1; done
-	@cargo build -q --release --manifest-path tests/bench/peers/standin/Cargo.toml --target-dir target/bench-peers
+bench: build deps bench-peers
+	@$(call debian,wrk,wrk)
 	@mkdir -p tests/bench/results; set -o pipefail; cargo bench -q --bench encode -- --noplot 2>&1 | tee tests/bench/results/encode.txt \
 	  | grep -E '^hit/|time:'
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
+
+## What a request costs Envoy in instructions, per variant, under callgrind: exact where wall
+## time on a shared machine is not (~25 min; INSTRUCTIONS_ARGS="--only noop,filter -n 500"). Needs
+## valgrind (Debian).
+bench-instructions: build deps bench-peers
+	@$(call debian,callgrind_control,valgrind)
+	$(PY) -m tests.bench.instructions $(INSTRUCTIONS_ARGS)
+
+## The benchmark's peers (no-op and per-request filters, the probe) and its native stand-in.
+bench-peers:
+	@for p in noop per_request spin; do cargo build -q --release --target wasm32-wasip1 \
+	  --manifest-path tests/bench/peers/$$p/Cargo.toml --target-dir target/bench-peers || exit 1; done
+	@cargo build -q --release --manifest-path tests/bench/peers/standin/Cargo.toml --target-dir target/bench-peers
+
+# $(call debian,command,package): installs the Debian package when the command is missing (as root).
+debian = command -v $(1) >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && echo "installing $(2) (apt-get)" && apt-get update -qq \
+	  && apt-get install -y -qq --no-install-recommends $(2) >/dev/null; } \
+	  || { echo "this target needs $(2): apt-get install $(2)" >&2; exit 1; }
 
 ## Memory under a long Matomo outage at load (SOAK_SECONDS, default 120): RSS must stay flat.
 soak: build deps

@@ -1,21 +1,45 @@
-//! Profiling probe, not a tracker: burns a fixed number of microseconds of CPU in one callback,
-//! so the benchmark can tell whether work done there adds to the client's latency.
-//! Plugin config: `log:50` (in on_log) or `response:50` (in on_http_response_headers).
+//! Profiling probe, not a tracker. It either burns a fixed number of microseconds of CPU in one
+//! callback, so the benchmark can tell whether work done there adds to the client's latency, or
+//! repeats one host call in `on_log`, so the benchmark can price a host call in Envoy's CPU.
+//! Plugin config: `log:50` (burn in on_log), `response:50` (burn in on_http_response_headers),
+//! `clock:20` (20 clock reads), `headers:20` (20 reads of the whole request header map).
 
 use std::time::{Duration, SystemTime};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType};
+use proxy_wasm::types::{Action, BufferType, ContextType, MapType, Status};
 
-#[derive(Clone, Copy)]
-struct Spin {
-    in_log: bool,
-    micros: u64,
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
 }
 
-struct Root(Spin);
-struct Probe(Spin);
+/// The raw ABI read the filter makes (the SDK's wrapper also decodes every pair): the host
+/// serialises the map and copies it into a buffer it asks this module to allocate.
+fn header_map_bytes() -> usize {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    let status =
+        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
+    if status != Status::Ok || data.is_null() {
+        return 0;
+    }
+    // The SDK's proxy_on_memory_allocate made this buffer as a Vec of `size` bytes.
+    drop(unsafe { Vec::from_raw_parts(data, size, size) });
+    size
+}
+
+#[derive(Clone, Copy)]
+enum Probe {
+    BurnInLog(u64),
+    BurnInResponse(u64),
+    Clock(u32),
+    Headers(u32),
+}
+
+struct Root(Probe);
+struct Request(Probe);
 
 fn burn(micros: u64) {
     let start = hostcalls::get_current_time().unwrap_or(SystemTime::UNIX_EPOCH);
@@ -31,36 +55,50 @@ impl RootContext for Root {
             .flatten()
             .and_then(|c| String::from_utf8(c).ok())
             .unwrap_or_default();
-        let (place, micros) = config.trim().split_once(':').unwrap_or(("log", "50"));
-        self.0 = Spin {
-            in_log: place == "log",
-            micros: micros.parse().unwrap_or(50),
+        let (what, n) = config.trim().split_once(':').unwrap_or(("log", "50"));
+        let n: u32 = n.parse().unwrap_or(50);
+        self.0 = match what {
+            "response" => Probe::BurnInResponse(n.into()),
+            "clock" => Probe::Clock(n),
+            "headers" => Probe::Headers(n),
+            _ => Probe::BurnInLog(n.into()),
         };
         true
     }
     fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Probe(self.0)))
+        Some(Box::new(Request(self.0)))
     }
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
 }
 
-impl Context for Probe {}
-impl HttpContext for Probe {
+impl Context for Request {}
+impl HttpContext for Request {
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        if !self.0.in_log {
-            burn(self.0.micros);
+        if let Probe::BurnInResponse(micros) = self.0 {
+            burn(micros);
         }
         Action::Continue
     }
     fn on_log(&mut self) {
-        if self.0.in_log {
-            burn(self.0.micros);
+        match self.0 {
+            Probe::BurnInLog(micros) => burn(micros),
+            Probe::Clock(n) => {
+                for _ in 0..n {
+                    std::hint::black_box(hostcalls::get_current_time().ok());
+                }
+            }
+            Probe::Headers(n) => {
+                for _ in 0..n {
+                    std::hint::black_box(header_map_bytes());
+                }
+            }
+            Probe::BurnInResponse(_) => {}
         }
     }
 }
 
 proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|_| Box::new(Root(Spin { in_log: true, micros: 50 })));
+    proxy_wasm::set_root_context(|_| Box::new(Root(Probe::BurnInLog(50))));
 }}
