@@ -368,9 +368,10 @@ pub fn is_visitor_id(id: &str) -> bool {
 /// Every byte's percent-encoding, built at compile time: RFC 3986's unreserved bytes
 /// (`A-Z a-z 0-9 - . _ ~`) as themselves, all others as `%XX`, as the little-endian bytes of one
 /// `u32` whose top byte is the length (1 or 3). The encoder loads one word, stores it whole and
-/// steps by the length, without branching: a table of byte arrays compiled to four byte loads
-/// and shifts per input byte, 1.8 times the instructions. (Indexing a constant is checked when
-/// it is compiled.)
+/// steps by the length, without branching. A table of byte arrays can compile to four byte
+/// loads and shifts per input byte: 1.8 times the instructions in a standalone build of this
+/// function, and 1.50 against 1.22 µs per hit in V8. (Indexing a constant is checked when it is
+/// compiled.)
 #[allow(clippy::indexing_slicing)]
 const ENCODED: [u32; 256] = {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";

@@ -61,7 +61,7 @@ def lua_filter() -> dict:
     }
 
 
-# name -> (http filters, workers, moderate run?, what it is)
+# name -> (http filters, workers, paced runs (c=1 and c=4)?, what it is)
 def variants() -> dict[str, tuple[list, int, bool, str]]:
     ours = lambda **kw: [wasm_filter(filter_config(**kw))]  # noqa: E731
     noop = [wasm_filter("", wasm=NOOP_WASM)]
@@ -239,7 +239,9 @@ def machine() -> dict:
                 if ln.startswith("MemTotal")), "?")
     version = subprocess.run([envoy_binary(), "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version: \S+/([\d.]+)", version)
-    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    # `make bench-instructions` does not need wrk.
+    wrk_v = (subprocess.run(["wrk", "-v"], capture_output=True, text=True) if shutil.which("wrk")
+             else subprocess.CompletedProcess([], 0, "wrk not installed", ""))
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": os.cpu_count(), "cpu": cpu, "mem": mem, "kernel": platform.release(),
