@@ -89,8 +89,16 @@ impl HttpContext for Filter {
             return;
         };
         if let Ok(mut tracker) = tracker.try_borrow_mut() {
-            let seen = std::mem::take(&mut self.seen);
-            track_finished(&mut tracker, |_| seen);
+            let mut seen = std::mem::take(&mut self.seen);
+            track_finished(&mut tracker, |_| {
+                // The response headers never passed this filter (a local reply after it, say):
+                // read the status now.
+                if seen.status.is_none() {
+                    seen.status = host::map_value(MapType::HttpResponseHeaders, ":status")
+                        .and_then(|s| lossy(s).parse().ok());
+                }
+                seen
+            });
         }
     }
 }
@@ -131,15 +139,7 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         user_agent,
         accept_language: request_header("accept-language"),
         referer: request_header("referer"),
-        // Read here only when the response headers never passed this filter.
-        status: seen
-            .status
-            .or_else(|| {
-                lossy(host::map_value(MapType::HttpResponseHeaders, ":status")?)
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0),
+        status: seen.status.unwrap_or(0),
         server_time_ms: seen
             .server_time
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
