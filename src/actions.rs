@@ -5,8 +5,9 @@
 use regex_lite::Regex;
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::hit::RouteDetails;
+use crate::pattern;
 
 /// One rule as written in the plugin JSON.
 #[derive(Deserialize)]
@@ -33,15 +34,12 @@ impl ActionRules {
         for (i, r) in raw.into_iter().enumerate() {
             let at = format!("action_rules[{i}]");
             // Anchored at the start like every other pattern here (Python's re.match).
-            let pattern = Regex::new(&format!("^(?:{})", r.pattern)).map_err(|e| ConfigError {
-                key: format!("{at}.pattern"),
-                message: format!("invalid regex {:?}: {e}", r.pattern),
-            })?;
+            let pattern = pattern::compile(&format!("{at}.pattern"), &r.pattern)?;
             if r.params.contains_key("action_name") {
-                return Err(ConfigError {
-                    key: format!("{at}.params.action_name"),
-                    message: "set the rule's action_name instead".into(),
-                });
+                return Err(ConfigError::new(
+                    format!("{at}.params.action_name"),
+                    "set the rule's action_name instead",
+                ));
             }
             rules.push(ActionRule {
                 pattern,
@@ -52,9 +50,18 @@ impl ActionRules {
         Ok(ActionRules(rules))
     }
 
-    /// The first rule matching `path` (no query): its expanded action name and its params.
+    /// The first rule matching `path` (no query, capped): its expanded action name and its
+    /// params.
     pub fn find(&self, path: &str) -> Option<(String, &RouteDetails)> {
         self.0.iter().find_map(|rule| {
+            // A name without `$` needs no groups, and a plain match stops at the first match
+            // where finding the groups reads on to the end of a greedy `\d+`.
+            if !rule.action_name.contains('$') {
+                return rule
+                    .pattern
+                    .is_match(path)
+                    .then(|| (rule.action_name.clone(), &rule.details));
+            }
             let caps = rule.pattern.captures(path)?;
             let mut name = String::new();
             caps.expand(&rule.action_name, &mut name);

@@ -4,6 +4,9 @@
 
 use serde_json::Value;
 
+use crate::caps;
+use crate::text::truncate;
+
 /// The hit parameters an app may set, by their names in Matomo's Tracking API.
 const ALLOWED: [&str; 15] = [
     "action_name",
@@ -32,8 +35,13 @@ pub struct AppParams {
     pub cvar: Vec<(String, String)>,
     /// The app asked not to track this request (`x-matomo-ignore: 1`).
     pub ignore: bool,
-    /// Headers with the prefix that were refused (unknown, reserved or malformed).
+    /// Headers with the prefix that were refused (unknown, reserved or malformed, or past
+    /// [`caps::APP_HEADERS`]).
     pub refused: u64,
+    /// A value was cut to its cap.
+    pub truncated: bool,
+    /// Headers read so far.
+    seen: usize,
 }
 
 impl AppParams {
@@ -46,6 +54,11 @@ impl AppParams {
 
     /// Reads one header whose name starts with the prefix; `suffix` is the rest of the name.
     pub fn add(&mut self, suffix: &str, value: &str) {
+        self.seen += 1;
+        if self.seen > caps::APP_HEADERS {
+            self.refused += 1;
+            return;
+        }
         let key = suffix.to_ascii_lowercase().replace('-', "_");
         let ok = match key.as_str() {
             "ignore" => {
@@ -65,27 +78,42 @@ impl AppParams {
     }
 
     fn set(&mut self, key: String, value: &str) -> bool {
+        let cap = if is_dimension(&key) {
+            caps::DIMENSION
+        } else {
+            caps::APP_VALUE
+        };
+        let mut value = value.to_owned();
+        self.truncated |= truncate(&mut value, cap, false);
         match self.params.iter_mut().find(|(k, _)| *k == key) {
-            Some(slot) => slot.1 = value.to_owned(),
-            None => self.params.push((key, value.to_owned())),
+            Some(slot) => slot.1 = value,
+            None => self.params.push((key, value)),
         }
         true
     }
 
-    /// A JSON object of name → scalar, as asgi-matomo apps write their `cvar`.
+    /// A JSON object of name → scalar, as asgi-matomo apps write their `cvar`: taken whole or
+    /// not at all, within Matomo's slots and lengths.
     fn add_cvar(&mut self, value: &str) -> bool {
         let Ok(Value::Object(entries)) = serde_json::from_str::<Value>(value) else {
             return false;
         };
-        for (name, v) in entries {
-            let v = match v {
+        if self.cvar.len() + entries.len() > caps::CVAR_ENTRIES {
+            return false;
+        }
+        let mut taken = Vec::with_capacity(entries.len());
+        for (mut name, v) in entries {
+            let mut v = match v {
                 Value::String(s) => s,
                 Value::Number(n) => n.to_string(),
                 Value::Bool(b) => b.to_string(),
                 _ => return false,
             };
-            self.cvar.push((name, v));
+            self.truncated |= truncate(&mut name, caps::CVAR_TEXT, false);
+            self.truncated |= truncate(&mut v, caps::CVAR_TEXT, false);
+            taken.push((name, v));
         }
+        self.cvar.extend(taken);
         true
     }
 }
@@ -174,6 +202,30 @@ mod tests {
                 ("beta".into(), "true".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_refused_cvar_applies_nothing() {
+        let app = read(&[("cvar", r#"{"a":"1","b":{"nested":1}}"#)]);
+        assert!(app.cvar.is_empty());
+        assert_eq!(app.refused, 1);
+        let app = read(&[(
+            "cvar",
+            r#"{"a":"1","b":"2","c":"3","d":"4","e":"5","f":"6"}"#,
+        )]);
+        assert!(app.cvar.is_empty(), "more entries than Matomo's five slots");
+    }
+
+    #[test]
+    fn values_are_capped_and_so_is_the_number_of_headers() {
+        let long = "x".repeat(5000);
+        let app = read(&[("e-c", long.as_str()), ("dimension2", long.as_str())]);
+        assert_eq!(app.get("e_c").unwrap().len(), caps::APP_VALUE);
+        assert_eq!(app.get("dimension2").unwrap().len(), caps::DIMENSION);
+        assert!(app.truncated);
+        let many: Vec<(&str, &str)> = (0..100).map(|_| ("e-a", "x")).collect();
+        let app = read(&many);
+        assert_eq!(app.refused, 100 - caps::APP_HEADERS as u64);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct Batcher {
     /// `,"token_auth":"…"}` or `}`: the end of every bulk body.
     body_tail: String,
     queue: VecDeque<String>,
+    /// Bytes of the hits in `queue`.
+    queued_bytes: usize,
     current: Option<Batch>,
     last_take: Duration,
     /// The plugin is going away: send everything now, retry nothing.
@@ -86,17 +88,21 @@ impl Batcher {
             settings,
             body_tail,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             current: None,
             last_take: now,
             draining: false,
         }
     }
 
-    /// Queues one hit; false (and the hit dropped) when the queue is full.
+    /// Queues one hit; false (and the hit dropped) when the queue is full, in hits or in bytes.
     pub fn push(&mut self, hit: String) -> bool {
-        if self.queue.len() >= self.settings.queue_size {
+        if self.queue.len() >= self.settings.queue_size
+            || self.queued_bytes + hit.len() > self.settings.queue_bytes
+        {
             return false;
         }
+        self.queued_bytes += hit.len();
         self.queue.push_back(hit);
         true
     }
@@ -160,6 +166,7 @@ impl Batcher {
         let mut body = String::with_capacity(size + 16 + self.body_tail.len());
         body.push_str("{\"requests\":[");
         for (i, hit) in self.queue.drain(..n).enumerate() {
+            self.queued_bytes -= hit.len();
             if i > 0 {
                 body.push(',');
             }
@@ -257,6 +264,7 @@ mod tests {
             batch_size,
             flush_interval: Duration::from_secs(1),
             queue_size,
+            queue_bytes: 1 << 20,
             retry_window: Duration::from_secs(60),
         }
     }
@@ -348,6 +356,23 @@ mod tests {
         assert!(b.push("?b".into()));
         assert!(!b.push("?c".into()));
         assert_eq!(b.queued(), 2);
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let mut b = Batcher::new(
+            BatchSettings {
+                queue_bytes: 10,
+                ..settings(2, 100)
+            },
+            None,
+            Duration::ZERO,
+        );
+        assert!(b.push("?12345".into()));
+        assert!(!b.push("?12345".into()), "6 + 6 bytes > 10");
+        assert!(b.push("?123".into()));
+        assert_eq!(sent(&mut b, 0.0).unwrap(), ["?12345", "?123"]);
+        assert!(b.push("?12345".into()), "taking a batch frees its bytes");
     }
 
     #[test]

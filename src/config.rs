@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::actions::{ActionRules, RawActionRule};
+use crate::error::ConfigError;
 use crate::hit::{is_visitor_id, HitOptions, HitTemplate, RouteDetails};
 use crate::privacy::QueryFilter;
 use crate::rules::Rules;
@@ -55,6 +56,8 @@ struct RawConfig {
     flush_interval: Seconds,
     #[serde(default = "default_queue_size")]
     queue_size: usize,
+    #[serde(default = "default_queue_bytes")]
+    queue_bytes: usize,
     #[serde(default = "default_retry_window")]
     retry_window: Seconds,
     #[serde(default = "default_response_header_prefix")]
@@ -67,6 +70,10 @@ struct RawConfig {
     cid_header: Option<String>,
     #[serde(default)]
     bots: bool,
+    /// Also track requests the app never answered: local replies of Envoy itself or of a
+    /// filter in front (RBAC, rate limits, jwt_authn, ext_authz), and requests left unanswered.
+    #[serde(default)]
+    track_local_replies: bool,
     #[serde(default)]
     action_rules: Vec<RawActionRule>,
     #[serde(default)]
@@ -94,6 +101,10 @@ fn default_flush_interval() -> Seconds {
 fn default_queue_size() -> usize {
     10_000
 }
+/// 4 MiB: about 8,000 typical hits, or 400 of the largest the caps allow.
+fn default_queue_bytes() -> usize {
+    4 << 20
+}
 fn default_retry_window() -> Seconds {
     Seconds(60.0)
 }
@@ -114,6 +125,9 @@ pub struct Settings {
     pub rules: Rules,
     pub hits: HitTemplate,
     pub headers: HeaderSources,
+    pub track_local_replies: bool,
+    /// Accepted but doubtful choices, logged once at start.
+    pub warnings: Vec<String>,
 }
 
 /// Which headers the host glue reads for a hit, besides the fixed ones. Names are lower-case.
@@ -139,6 +153,7 @@ pub struct BatchSettings {
     pub batch_size: usize,
     pub flush_interval: Duration,
     pub queue_size: usize,
+    pub queue_bytes: usize,
     pub retry_window: Duration,
 }
 
@@ -158,36 +173,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
-    }
-}
-
-/// A refused configuration: the key (a path such as `ignored_patterns[1]`) and what is wrong.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub key: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "invalid plugin configuration: {}", self.message)
-        } else {
-            write!(
-                f,
-                "invalid plugin configuration: `{}`: {}",
-                self.key, self.message
-            )
-        }
     }
 }
 
@@ -217,15 +202,27 @@ impl Settings {
                 root if root == "." => quoted_field(&message).unwrap_or_default().to_owned(),
                 key => key,
             };
-            // serde quotes the value it could not take; for the token that is the secret.
-            if key == "token_auth" || key == "access_token" {
-                return ConfigError::new(key, "must be a string (value not shown)");
+            // serde quotes the value it could not take, which may be a secret pasted there.
+            if message.starts_with("invalid") && SECRET_PRONE.contains(&key.as_str()) {
+                return ConfigError::new(key, "has the wrong type (value not shown)");
             }
             ConfigError::new(key, message)
         })?;
         raw.compile(env)
     }
 }
+
+/// Keys whose values errors never quote: the token, and where a token is pasted by mistake.
+const SECRET_PRONE: [&str; 8] = [
+    "token_auth",
+    "access_token",
+    "token_auth_env",
+    "matomo_url",
+    "base_url",
+    "cid",
+    "cid_header",
+    "uid_header",
+];
 
 /// The field a serde message names between backticks, as in "missing field `id_site`".
 fn quoted_field(message: &str) -> Option<&str> {
@@ -255,6 +252,13 @@ impl RawConfig {
                 return Err(ConfigError::new(
                     "token_auth_env",
                     "give either token_auth or token_auth_env, not both",
+                ))
+            }
+            (None, Some(name)) if !is_env_name(&name) => {
+                return Err(ConfigError::new(
+                    "token_auth_env",
+                    "must name an environment variable (letters, digits and _, not starting \
+                     with a digit); put the token itself in that variable (value not shown)",
                 ))
             }
             (None, Some(name)) => Some(env(&name).ok_or_else(|| {
@@ -291,6 +295,7 @@ impl RawConfig {
                 .flush_interval
                 .to_duration("flush_interval", 0.01, 3600.0)?,
             queue_size: in_range("queue_size", self.queue_size, 1, 10_000_000)?,
+            queue_bytes: in_range("queue_bytes", self.queue_bytes, 64 << 10, 1 << 30)?,
             retry_window: self
                 .retry_window
                 .to_duration("retry_window", 0.0, 86_400.0)?,
@@ -330,7 +335,10 @@ impl RawConfig {
         if let Some(cid) = self.cid.as_deref().filter(|c| !is_visitor_id(c)) {
             return Err(ConfigError::new(
                 "cid",
-                format!("must be 16 hexadecimal characters, got {cid:?}"),
+                format!(
+                    "must be 16 hexadecimal characters, got {} characters (value not shown)",
+                    cid.chars().count()
+                ),
             ));
         }
         for (key, set) in [
@@ -343,6 +351,15 @@ impl RawConfig {
                     "Matomo honours a forced visitor id only with token_auth",
                 ));
             }
+        }
+        let mut warnings = Vec::new();
+        if self.cid_header.is_some() && token_auth.is_some() {
+            warnings.push(
+                "cid_header is set with a token: Matomo takes the visitor id from that request \
+                 header as is, so make sure Envoy sets or strips it before the filter (a client \
+                 could otherwise choose whose visit its requests join)"
+                    .to_owned(),
+            );
         }
         let headers = HeaderSources {
             response_prefix: self.response_header_prefix.to_ascii_lowercase(),
@@ -381,8 +398,19 @@ impl RawConfig {
             rules,
             hits,
             headers,
+            track_local_replies: self.track_local_replies,
+            warnings,
         })
     }
+}
+
+/// An environment variable name, as Envoy and Kubernetes take them.
+fn is_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<usize, ConfigError> {
@@ -406,18 +434,16 @@ fn split_http_url<'a>(key: &str, url: &'a str) -> Result<(&'a str, &'a str), Con
     } else {
         None
     };
+    // The URL is never quoted: a token pasted here must not reach the log.
     let rest = rest.ok_or_else(|| {
-        ConfigError::new(
-            key,
-            format!("must be an http:// or https:// URL, got {url:?}"),
-        )
+        ConfigError::new(key, "must be an http:// or https:// URL (value not shown)")
     })?;
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, path) = rest.split_at(end);
     if authority.is_empty() || authority.contains('@') || authority.contains(char::is_whitespace) {
         return Err(ConfigError::new(
             key,
-            format!("must name a host (without user info), got {url:?}"),
+            "must name a host, without user info (value not shown)",
         ));
     }
     Ok((authority, path))
@@ -433,7 +459,8 @@ fn parse_matomo_url(url: &str) -> Result<Tracker, ConfigError> {
     if rest.contains(['?', '#']) {
         return Err(ConfigError::new(
             "matomo_url",
-            format!("must not carry a query or fragment, got {url:?}"),
+            "must not carry a query or fragment; the token goes in token_auth or \
+             token_auth_env (value not shown)",
         ));
     }
     let path = if rest.ends_with("/matomo.php") || rest.ends_with("/piwik.php") {
@@ -450,11 +477,19 @@ fn parse_matomo_url(url: &str) -> Result<Tracker, ConfigError> {
 /// A header name as Envoy stores it: lower-case, non-empty, no spaces.
 fn header_name(key: &str, name: Option<String>) -> Result<Option<String>, ConfigError> {
     match name {
-        Some(n) if n.is_empty() || n.contains(|c: char| c.is_whitespace() || c == ':') => {
-            Err(ConfigError::new(key, format!("{n:?} is not a header name")))
-        }
+        Some(n) if !is_header_name(&n) => Err(ConfigError::new(
+            key,
+            "is not a header name: letters, digits, - and _ (value not shown)",
+        )),
         n => Ok(n.map(|n| n.to_ascii_lowercase())),
     }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A custom dimension: `3` or `"dimension3"`.
@@ -566,6 +601,7 @@ mod tests {
                 batch_size: 200,
                 flush_interval: Duration::from_secs(1),
                 queue_size: 10_000,
+                queue_bytes: 4 << 20,
                 retry_window: Duration::from_secs(60),
             }
         );
@@ -810,6 +846,88 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.key, "token_auth_env");
+    }
+
+    #[test]
+    fn values_where_a_token_may_be_pasted_are_never_quoted() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        for (extra, key) in [
+            (format!(r#""token_auth_env":"{secret}""#), "token_auth_env"),
+            (
+                format!(r#""token_auth_env":"x-{secret}""#),
+                "token_auth_env",
+            ),
+            (format!(r#""base_url":"{secret}""#), "base_url"),
+            (format!(r#""token_auth":"t","cid":"{secret}""#), "cid"),
+            (format!(r#""uid_header":"x {secret}""#), "uid_header"),
+            (
+                format!(r#""token_auth":"t","cid_header":"{secret}:""#),
+                "cid_header",
+            ),
+            (format!(r#""cid":["{secret}"]"#), "cid"),
+        ] {
+            let e = err(&with(&extra));
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+        for url in [
+            format!("https://m/matomo.php?token_auth={secret}"),
+            secret.to_string(),
+            format!("https://u:{secret}@m/"),
+        ] {
+            let e = err(&format!(r#"{{"matomo_url":"{url}","id_site":1}}"#));
+            assert_eq!(e.key, "matomo_url");
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_token_under_both_names_says_so() {
+        let e = err(&with(r#""token_auth":"a","access_token":"b""#));
+        assert_eq!(e.key, "token_auth");
+        assert!(e.message.contains("duplicate field"), "{e}");
+        assert!(!e.message.contains("must be a string"), "{e}");
+    }
+
+    #[test]
+    fn param_names_php_would_read_as_another_are_refused() {
+        for (extra, key) in [
+            (
+                r#""routes_details":{"/a":{" idsite":1}}"#,
+                "routes_details./a. idsite",
+            ),
+            (
+                r#""routes_details":{"/a":{"idsite[]":1}}"#,
+                "routes_details./a.idsite[]",
+            ),
+            (
+                r#""routes_details":{"/a":{"e.c":1}}"#,
+                "routes_details./a.e.c",
+            ),
+            (
+                r#""action_rules":[{"pattern":"/","action_name":"x","params":{"cip ":"1"}}]"#,
+                "action_rules[0].params.cip ",
+            ),
+        ] {
+            assert_eq!(err(&with(extra)).key, key, "{extra}");
+        }
+    }
+
+    #[test]
+    fn queue_bytes_and_local_replies_are_read() {
+        let s = parse(&with(r#""queue_bytes":1048576,"track_local_replies":true"#)).unwrap();
+        assert_eq!(s.batch.queue_bytes, 1 << 20);
+        assert!(s.track_local_replies);
+        assert!(!parse(&with("")).unwrap().track_local_replies);
+        assert_eq!(err(&with(r#""queue_bytes":1000"#)).key, "queue_bytes");
+    }
+
+    #[test]
+    fn cid_header_with_a_token_warns_at_load() {
+        let s = parse(&with(r#""token_auth":"t","cid_header":"x-visitor""#)).unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].contains("cid_header"));
+        assert!(parse(&with("")).unwrap().warnings.is_empty());
     }
 
     #[test]

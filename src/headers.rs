@@ -60,9 +60,34 @@ impl HeaderMap {
 
     /// The first value of a header, converted lossily.
     pub fn get(&self, name: &str) -> Option<String> {
+        self.values(name)
+            .next()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The first value of a header, converted lossily and cut to at most `max` bytes (with
+    /// `escapes`, not inside a `%XX` escape); true when cut. Only what is kept is converted.
+    pub fn get_capped(&self, name: &str, max: usize, escapes: bool) -> Option<(String, bool)> {
+        let value = self.values(name).next()?;
+        Some(capped([value].into_iter(), "", max, escapes))
+    }
+
+    /// Every value of a header (a header may be sent several times, as `cookie` may), joined
+    /// with `separator` and capped like [`HeaderMap::get_capped`].
+    pub fn get_all_capped(
+        &self,
+        name: &str,
+        separator: &str,
+        max: usize,
+    ) -> Option<(String, bool)> {
+        self.values(name).next()?;
+        Some(capped(self.values(name), separator, max, false))
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         Pairs::new(&self.0)
-            .find(|(n, _)| *n == name.as_bytes())
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            .filter(move |(n, _)| *n == name.as_bytes())
+            .map(|(_, v)| v)
     }
 
     /// The headers whose name starts with `prefix`, converted lossily; the others cost no copy.
@@ -76,6 +101,32 @@ impl HeaderMap {
                 )
             })
     }
+}
+
+/// Values joined and converted lossily, reading at most a few bytes past `max`, then cut.
+fn capped<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
+    separator: &str,
+    max: usize,
+    escapes: bool,
+) -> (String, bool) {
+    let mut bytes = Vec::new();
+    let mut over = false;
+    for (i, value) in values.enumerate() {
+        if i > 0 {
+            bytes.extend_from_slice(separator.as_bytes());
+        }
+        // Room for the character or escape the cut lands in; `truncate` then cuts exactly.
+        let room = (max + 4).saturating_sub(bytes.len());
+        over |= value.len() > room;
+        bytes.extend_from_slice(value.get(..room.min(value.len())).unwrap_or_default());
+        if over {
+            break;
+        }
+    }
+    let mut text = crate::text::lossy(bytes);
+    let cut_off = crate::text::truncate(&mut text, max, escapes);
+    (text, over || cut_off)
 }
 
 #[cfg(test)]
@@ -128,6 +179,42 @@ mod tests {
         assert_eq!(map.get("user-agent").as_deref(), Some("\u{fffd}"));
         assert_eq!(map.get("referer"), None);
         assert_eq!(HeaderMap::new(Vec::new()).get(":path"), None);
+    }
+
+    #[test]
+    fn capped_reads_convert_only_what_they_keep() {
+        let long = vec![b'a'; 70_000];
+        let map = HeaderMap::new(encode(&[
+            (b"user-agent", &long),
+            (b":path", b"/a%2Fb"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+            (b"x", b"\xc3\xa9\xc3\xa9"),
+        ]));
+        let (ua, cut) = map.get_capped("user-agent", 512, false).unwrap();
+        assert_eq!((ua.len(), cut), (512, true));
+        assert_eq!(
+            map.get_capped(":path", 5, true).unwrap(),
+            ("/a%2F".into(), true)
+        );
+        assert_eq!(
+            map.get_capped(":path", 4, true).unwrap(),
+            ("/a".into(), true)
+        );
+        assert_eq!(
+            map.get_capped(":path", 10, true).unwrap(),
+            ("/a%2Fb".into(), false)
+        );
+        assert_eq!(map.get_capped("x", 3, false).unwrap(), ("é".into(), true));
+        assert_eq!(
+            map.get_all_capped("cookie", "; ", 100).unwrap(),
+            ("a=1; b=2".into(), false)
+        );
+        assert_eq!(
+            map.get_all_capped("cookie", "; ", 5).unwrap(),
+            ("a=1; ".into(), true)
+        );
+        assert_eq!(map.get_all_capped("none", "; ", 5), None);
     }
 
     #[test]

@@ -12,9 +12,13 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::actions::ActionRules;
-use crate::config::ConfigError;
+use crate::caps;
+use crate::error::ConfigError;
 use crate::privacy::QueryFilter;
 use crate::request::RequestFacts;
+use crate::text::{
+    cut, is_plain_param_name, percent_decode_lossy, push_encoded, push_number, truncate_cow,
+};
 
 /// Parameters the filter sets itself; config may not override them.
 pub const RESERVED: [&str; 6] = ["idsite", "rec", "apiv", "rand", "token_auth", "cip"];
@@ -34,18 +38,22 @@ impl RouteDetails {
         let mut details = RouteDetails::default();
         for (key, value) in params {
             let at = format!("{at}.{key}");
+            if !is_plain_param_name(&key) {
+                return Err(ConfigError::new(
+                    at,
+                    "a Matomo parameter name has only letters, digits and _ (PHP would read \
+                     another name: spaces, dots and brackets change it)",
+                ));
+            }
             if RESERVED.contains(&key.as_str()) {
-                return Err(ConfigError {
-                    key: at,
-                    message: "is set by the filter and cannot be overridden".into(),
-                });
+                return Err(ConfigError::new(
+                    at,
+                    "is set by the filter and cannot be overridden",
+                ));
             }
             if key == "cvar" {
                 let Value::Object(entries) = value else {
-                    return Err(ConfigError {
-                        key: at,
-                        message: "must be an object of name to value".into(),
-                    });
+                    return Err(ConfigError::new(at, "must be an object of name to value"));
                 };
                 for (name, v) in entries {
                     let v = scalar(&format!("{at}.{name}"), v)?;
@@ -76,10 +84,7 @@ fn scalar(key: &str, value: Value) -> Result<String, ConfigError> {
         Value::String(s) => Ok(s),
         Value::Number(n) => Ok(n.to_string()),
         Value::Bool(b) => Ok(if b { "1" } else { "0" }.to_owned()),
-        _ => Err(ConfigError {
-            key: key.to_owned(),
-            message: "must be a string, number or boolean".into(),
-        }),
+        _ => Err(ConfigError::new(key, "must be a string, number or boolean")),
     }
 }
 
@@ -210,29 +215,33 @@ impl HitTemplate {
     }
 
     /// The hit for one request: a query string with only URL-safe characters, ready to be put
-    /// into a JSON string without escaping.
-    pub fn encode(&self, req: &RequestFacts, rand: u32) -> String {
+    /// into a JSON string without escaping, stored at its own length; true when a value was
+    /// cut to Matomo's limits (the request's own caps are in `req.truncated`).
+    pub fn encode(&self, req: &RequestFacts, rand: u32) -> (String, bool) {
         let o = &self.options;
         let path_only = req.path_only();
         let mut p = Params(Vec::with_capacity(24));
+        let mut truncated = false;
 
         // The filter's own.
         p.push("rand", Val::Number(rand.into()));
-        p.push("url", self.url(req));
-        p.push("action_name", Val::Raw(percent_decode_lossy(path_only)));
-        for (key, value) in [
-            ("ua", &req.user_agent),
-            ("lang", &req.accept_language),
-            ("urlref", &req.referer),
-        ] {
+        let (url, cut_url) = self.url(req);
+        truncated |= cut_url;
+        p.push("url", url);
+        let (name, cut_name) =
+            truncate_cow(percent_decode_lossy(path_only), caps::MATOMO_TEXT, false);
+        truncated |= cut_name;
+        p.push("action_name", Val::Raw(name));
+        for (key, value) in [("ua", &req.user_agent), ("lang", &req.accept_language)] {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-                let v = if key == "urlref" {
-                    o.query_filter.apply(v)
-                } else {
-                    v.into()
-                };
-                p.push(key, Val::Raw(v));
+                p.push(key, Val::Raw(v.into()));
             }
+        }
+        if let Some(referer) = req.referer.as_deref().filter(|v| !v.is_empty()) {
+            let (referer, cut_off) =
+                truncate_cow(o.query_filter.apply(referer), caps::MATOMO_TEXT, true);
+            truncated |= cut_off;
+            p.push("urlref", Val::Raw(referer));
         }
         if let Some(ms) = req.server_time_ms {
             p.push("pf_srv", Val::Number(ms));
@@ -265,11 +274,13 @@ impl HitTemplate {
         let route = o.routes.get(path_only);
         let rule = match route {
             Some(_) => None,
-            None => o.action_rules.find(path_only),
+            None => o.action_rules.find(cut(path_only, caps::RULES_PATH).0),
         };
         let details = route.or(rule.as_ref().map(|(_, d)| *d));
         if let Some((name, _)) = &rule {
-            p.raw("action_name", name.as_str());
+            let (name, cut_off) = cut(name, caps::MATOMO_TEXT);
+            truncated |= cut_off;
+            p.raw("action_name", name);
         }
         if let Some(d) = details {
             p.details(d);
@@ -287,7 +298,9 @@ impl HitTemplate {
             }
         }
 
-        // Room for a typical hit: every header byte escaped once in three.
+        // Room for a typical hit: every byte of text escaped once in three. The text is
+        // capped, and the hit is then given back what it did not use, so a queued hit holds
+        // no spare capacity.
         let text = [&req.path, &req.authority]
             .into_iter()
             .chain(
@@ -300,16 +313,19 @@ impl HitTemplate {
         let mut out = Vec::with_capacity(192 + text.saturating_mul(2));
         out.extend_from_slice(self.prefix.as_bytes());
         p.write(&mut out);
+        out.shrink_to_fit();
         // Only ASCII was written: this checks and keeps the buffer.
-        String::from_utf8(out)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        let hit = String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        (hit, truncated)
     }
 
-    /// `scheme://authority/raw-path?query`, or `base_url` + raw path and query.
-    fn url<'a>(&'a self, req: &'a RequestFacts) -> Val<'a> {
+    /// `scheme://authority/raw-path?query`, or `base_url` + raw path and query, cut to what
+    /// Matomo keeps; true when cut.
+    fn url<'a>(&'a self, req: &'a RequestFacts) -> (Val<'a>, bool) {
         let path = self.options.query_filter.apply(&req.path);
-        match &self.options.base_url {
-            Some(base) => Val::Joined([base, "", ""], path),
+        let head: [&'a str; 3] = match &self.options.base_url {
+            Some(base) => [base, "", ""],
             None => {
                 let scheme = if self.options.assume_https {
                     "https"
@@ -318,9 +334,12 @@ impl HitTemplate {
                 } else {
                     &req.scheme
                 };
-                Val::Joined([scheme, "://", &req.authority], path)
+                [scheme, "://", &req.authority]
             }
-        }
+        };
+        let room = caps::MATOMO_TEXT.saturating_sub(head.iter().map(|h| h.len()).sum());
+        let (path, cut_off) = truncate_cow(path, room, true);
+        (Val::Joined(head, path), cut_off)
     }
 
     /// Matomo's indexed custom variables: status and method first, then config's, then the app's.
@@ -365,91 +384,9 @@ pub fn is_visitor_id(id: &str) -> bool {
     id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Every byte's percent-encoding, built at compile time: RFC 3986's unreserved bytes
-/// (`A-Z a-z 0-9 - . _ ~`) as themselves, all others as `%XX`, as the little-endian bytes of one
-/// `u32` whose top byte is the length (1 or 3). The encoder loads one word, stores it whole and
-/// steps by the length, without branching. A table of byte arrays can compile to four byte
-/// loads and shifts per input byte: 1.8 times the instructions in a standalone build of this
-/// function, and 1.50 against 1.22 µs per hit in V8. (Indexing a constant is checked when it is
-/// compiled.)
-#[allow(clippy::indexing_slicing)]
-const ENCODED: [u32; 256] = {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut table = [0u32; 256];
-    let mut i = 0;
-    while i < 256 {
-        let b = i as u8;
-        table[i] = u32::from_le_bytes(
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-                [b, 0, 0, 1]
-            } else {
-                [b'%', HEX[i >> 4], HEX[i & 0xf], 3]
-            },
-        );
-        i += 1;
-    }
-    table
-};
-
-/// Percent-encodes every byte but RFC 3986's unreserved characters, so the result is safe in a
-/// query string and in a JSON string alike. Writes into room made up front (three bytes per
-/// input byte at most, and one spare for the four-byte writes), then gives back the rest.
-pub fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
-    let start = out.len();
-    out.resize(start + s.len() * 3 + 1, 0);
-    let mut at = start;
-    for &b in s {
-        let word = ENCODED.get(usize::from(b)).copied().unwrap_or_default();
-        if let Some(room) = out.get_mut(at..at + 4) {
-            room.copy_from_slice(&word.to_le_bytes());
-        }
-        at += (word >> 24) as usize;
-    }
-    out.truncate(at);
-}
-
-/// A number in decimal, without `format!`'s machinery.
-fn push_number(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    while let Some(d) = start.checked_sub(1).and_then(|i| digits.get_mut(i)) {
-        *d = b'0' + (n % 10) as u8;
-        start -= 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(digits.get(start..).unwrap_or_default());
-}
-
 /// A JSON string literal (writing to a `Vec` cannot fail).
 fn push_json(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(out, s);
-}
-
-/// Decodes `%XX` escapes for a readable action name; malformed escapes stay as they are.
-pub fn percent_decode_lossy(s: &str) -> std::borrow::Cow<'_, str> {
-    if !s.contains('%') {
-        return s.into();
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        let hex = |j: usize| bytes.get(j).and_then(|&c| char::from(c).to_digit(16));
-        match (b, hex(i + 1), hex(i + 2)) {
-            (b'%', Some(hi), Some(lo)) => {
-                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
-                i += 3;
-            }
-            _ => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned().into()
 }
 
 /// A small xorshift generator for Matomo's cache-busting `rand`; no need for crypto here.
@@ -533,7 +470,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_hit_carries_every_field() {
-        let hit = template(true).encode(&req(), 77);
+        let hit = template(true).encode(&req(), 77).0;
         let p = decode(&hit);
         assert_eq!(p["idsite"], "3");
         assert_eq!(p["rec"], "1");
@@ -562,7 +499,7 @@ pub(crate) mod tests {
         let mut r = req();
         r.user_agent = Some("\"quoted\" \\ <tag> \u{fffd} \n".into());
         r.method = "G\"ET".into();
-        let hit = template(true).encode(&r, 1);
+        let hit = template(true).encode(&r, 1).0;
         assert!(
             hit.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"?&=%-._~".contains(&b)),
@@ -576,7 +513,7 @@ pub(crate) mod tests {
 
     #[test]
     fn without_token_no_client_ip_is_sent() {
-        let p = decode(&template(false).encode(&req(), 1));
+        let p = decode(&template(false).encode(&req(), 1).0);
         assert!(!p.contains_key("cip"));
     }
 
@@ -588,7 +525,7 @@ pub(crate) mod tests {
         r.referer = None;
         r.server_time_ms = None;
         r.status = 0;
-        let p = decode(&template(false).encode(&r, 1));
+        let p = decode(&template(false).encode(&r, 1).0);
         for key in ["ua", "lang", "urlref", "pf_srv"] {
             assert!(!p.contains_key(key), "{key}");
         }
@@ -601,11 +538,11 @@ pub(crate) mod tests {
             assume_https: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1));
+        let p = decode(&t.encode(&req(), 1).0);
         assert!(p["url"].starts_with("https://shop.example:10000/"));
         let mut r = req();
         r.scheme = "https".into();
-        let p = decode(&template(false).encode(&r, 1));
+        let p = decode(&template(false).encode(&r, 1).0);
         assert!(p["url"].starts_with("https://"));
     }
 
@@ -615,14 +552,14 @@ pub(crate) mod tests {
             base_url: Some("http://www.example/app".into()),
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1));
+        let p = decode(&t.encode(&req(), 1).0);
         assert_eq!(p["url"], "http://www.example/app/users/a%20b?q=x%26y&z=1");
         let t = with(HitOptions {
             base_url: Some("http://www.example".into()),
             assume_https: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1));
+        let p = decode(&t.encode(&req(), 1).0);
         assert_eq!(p["url"], "https://www.example/users/a%20b?q=x%26y&z=1");
     }
 
@@ -633,14 +570,14 @@ pub(crate) mod tests {
             routes: routes("/users/a%20b", details),
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1));
+        let p = decode(&t.encode(&req(), 1).0);
         assert_eq!(p["action_name"], "Users");
         assert_eq!(p["e_a"], "listing");
         assert_eq!(p["e_v"], "3");
         assert_eq!(p["ua"], "x");
         let mut other = req();
         other.path = "/other".into();
-        let p = decode(&t.encode(&other, 1));
+        let p = decode(&t.encode(&other, 1).0);
         assert_eq!(p["action_name"], "/other");
         assert!(!p.contains_key("e_a"));
     }
@@ -652,7 +589,7 @@ pub(crate) mod tests {
             routes: routes("/users/a%20b", details),
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1));
+        let p = decode(&t.encode(&req(), 1).0);
         let cvar: Value = serde_json::from_str(&p["cvar"]).unwrap();
         assert_eq!(
             cvar,
@@ -691,7 +628,7 @@ pub(crate) mod tests {
             bots: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&r, 1));
+        let p = decode(&t.encode(&r, 1).0);
         assert_eq!(p["_id"], "0123456789abcdef", "the cookie of this site only");
         assert_eq!(p["uid"], "alice@example.com");
         assert_eq!(
@@ -704,10 +641,10 @@ pub(crate) mod tests {
 
         r.cid = Some("not-a-visitor-id".into());
         r.cookie = Some("_pk_id.3.1fff=short.1".into());
-        let p = decode(&t.encode(&r, 1));
+        let p = decode(&t.encode(&r, 1).0);
         assert_eq!(p["cid"], "0000000000000001");
         assert!(!p.contains_key("_id"));
-        let p = decode(&template(false).encode(&req(), 1));
+        let p = decode(&template(false).encode(&req(), 1).0);
         for key in ["_id", "uid", "cid", "bots"] {
             assert!(!p.contains_key(key), "{key}");
         }
@@ -727,7 +664,7 @@ pub(crate) mod tests {
             routes: routes("/users/7", details),
             ..Default::default()
         });
-        let hit = t.encode(&r, 1);
+        let hit = t.encode(&r, 1).0;
         let p = decode(&hit);
         assert_eq!(p["e_a"], "app-action");
         assert_eq!(p["e_c"], "route-cat");
@@ -755,15 +692,15 @@ pub(crate) mod tests {
         });
         let mut r = req();
         r.path = "/users/42/orders?page=3".into();
-        let p = decode(&t.encode(&r, 1));
+        let p = decode(&t.encode(&r, 1).0);
         assert_eq!(p["action_name"], "Users / orders");
         assert_eq!(p["e_c"], "orders");
         r.path = "/users/1/orders".into();
-        let p = decode(&t.encode(&r, 1));
+        let p = decode(&t.encode(&r, 1).0);
         assert_eq!(p["action_name"], "Exact");
         assert!(!p.contains_key("e_c"));
         r.app.add("action-name", "From app");
-        assert_eq!(decode(&t.encode(&r, 1))["action_name"], "From app");
+        assert_eq!(decode(&t.encode(&r, 1).0)["action_name"], "From app");
     }
 
     #[test]
@@ -775,19 +712,10 @@ pub(crate) mod tests {
             query_filter: QueryFilter::Strip(vec!["token".into(), "email".into()]),
             ..Default::default()
         });
-        let p = decode(&t.encode(&r, 1));
+        let p = decode(&t.encode(&r, 1).0);
         assert_eq!(p["url"], "http://shop.example:10000/reset?step=2");
         assert_eq!(p["urlref"], "https://mail.example/?x=1");
         assert_eq!(p["action_name"], "/reset");
-    }
-
-    #[test]
-    fn percent_decoding_is_lossy_and_tolerant() {
-        assert_eq!(percent_decode_lossy("/a%20b"), "/a b");
-        assert_eq!(percent_decode_lossy("/100%"), "/100%");
-        assert_eq!(percent_decode_lossy("/%zz%4"), "/%zz%4");
-        assert_eq!(percent_decode_lossy("/%ff"), "/\u{fffd}");
-        assert_eq!(percent_decode_lossy("/caf%C3%A9"), "/café");
     }
 
     #[test]

@@ -31,6 +31,7 @@ extern "C" {
         size: *mut usize,
     ) -> Status;
     fn proxy_done() -> Status;
+    fn proxy_remove_header_map_value(map: MapType, key: *const u8, key_size: usize) -> Status;
 }
 
 /// Runs one read; on Ok the host has handed us a buffer it allocated through this module's
@@ -72,6 +73,12 @@ pub fn buffer(buffer: BufferType, start: usize, max_size: usize) -> Option<Vec<u
 pub fn property(path: &[u8]) -> Option<Vec<u8>> {
     // SAFETY: pointers to `path` and live locals, valid for the call.
     read(|d, s| unsafe { proxy_get_property(path.as_ptr(), path.len(), d, s) })
+}
+
+/// Removes a header; a failure (the map is no longer there) leaves nothing to do.
+pub fn remove_map_value(map: MapType, name: &str) {
+    // SAFETY: a pointer to `name`, valid for the call; the status is ignored on purpose.
+    let _ = unsafe { proxy_remove_header_map_value(map, name.as_ptr(), name.len()) };
 }
 
 /// Tells the host that a root context which answered `on_done` with false has finished.

@@ -8,14 +8,16 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
 
 use crate::app::AppParams;
+use crate::caps;
 use crate::host;
-use crate::request::{client_ip, lossy, RequestFacts};
+use crate::request::{client_ip, RequestFacts};
 use crate::root::now;
+use crate::rules::Ignored;
+use crate::text::lossy;
 use crate::tracker::Tracker;
 
 /// What the glue learnt about a request before `on_log`, besides its headers.
@@ -43,9 +45,21 @@ impl Seen {
             self.app
                 .add(name.get(prefix.len()..).unwrap_or_default(), &value);
             if remove {
-                let _ = hostcalls::remove_map_value(MapType::HttpResponseHeaders, &name);
+                host::remove_map_value(MapType::HttpResponseHeaders, &name);
             }
         }
+    }
+}
+
+/// Takes every header with the prefix off a response trailer map (HTTP/2 and gRPC responses
+/// can carry them there); their values are not used.
+fn strip_trailers(prefix: &str) {
+    if prefix.is_empty() {
+        return;
+    }
+    let trailers = host::map(MapType::HttpResponseTrailers);
+    for (name, _) in trailers.prefixed(prefix) {
+        host::remove_map_value(MapType::HttpResponseTrailers, &name);
     }
 }
 
@@ -84,6 +98,13 @@ impl HttpContext for Filter {
         Action::Continue
     }
 
+    fn on_http_response_trailers(&mut self, _: usize) -> Action {
+        if let Some(Ok(tracker)) = self.tracker.as_ref().map(|t| t.try_borrow()) {
+            strip_trailers(&tracker.settings.headers.response_prefix);
+        }
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         let Some(tracker) = &self.tracker else {
             return;
@@ -103,22 +124,37 @@ impl HttpContext for Filter {
     }
 }
 
-/// Reads the finished request's headers and, unless a rule ignores it, tracks it; `seen` is
-/// asked only then, so an ignored request costs no more host calls.
+/// Reads the finished request's headers and, unless a rule ignores it or the app did not
+/// answer it, tracks it; `seen` is asked only then, so an ignored request costs no more host
+/// calls. Every value is capped as it is read (see [`caps`]).
 pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen) {
     // One host call for all request headers; lookups then happen in the module.
     let request = host::map(MapType::HttpRequestHeaders);
-    let request_header = |name: &str| request.get(name);
-    let method = request_header(":method").unwrap_or_default();
+    let mut truncated = false;
+    let mut header = |name: &str, max: usize, escapes: bool| {
+        let (value, cut_off) = request.get_capped(name, max, escapes)?;
+        truncated |= cut_off;
+        Some(value)
+    };
     // No path: nothing a visit could show (an access logger also sees what the codec refused).
-    let Some(path) = request_header(":path") else {
+    let Some(path) = header(":path", caps::PATH, true) else {
         return;
     };
-    let user_agent = request_header("user-agent");
+    let method = header(":method", caps::TOKEN, false).unwrap_or_default();
+    let authority = header(":authority", caps::AUTHORITY, false).unwrap_or_default();
+    let user_agent = header("user-agent", caps::USER_AGENT, false);
     if tracker
-        .ignored(&method, &path, user_agent.as_deref())
+        .ignored(&method, &path, &authority, user_agent.as_deref())
         .is_some()
     {
+        return;
+    }
+    // Envoy's details for a response the upstream sent; anything else is a local reply (of
+    // Envoy or a filter in front) or no response at all. One property read.
+    if !tracker.settings.track_local_replies
+        && host::property(b"response\0code_details").as_deref() != Some(b"via_upstream")
+    {
+        tracker.count_ignored(Ignored::LocalReply);
         return;
     }
     let seen = seen(tracker);
@@ -131,29 +167,45 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         None
     };
     let sources = &tracker.settings.headers;
+    let scheme = header(":scheme", caps::TOKEN, false).unwrap_or_default();
+    let accept_language = header("accept-language", caps::ACCEPT_LANGUAGE, false);
+    let referer = header("referer", caps::REFERER, true);
+    let uid = sources
+        .uid
+        .as_deref()
+        .and_then(|name| header(name, caps::USER_ID, false));
+    let cid = sources
+        .cid
+        .as_deref()
+        .and_then(|name| header(name, caps::TOKEN, false));
+    let dimensions = sources
+        .dimensions
+        .iter()
+        .filter_map(|(name, n)| Some((*n, header(name, caps::DIMENSION, false)?)))
+        .collect();
+    let cookie = request
+        .get_all_capped("cookie", "; ", caps::COOKIE)
+        .map(|(cookies, _)| cookies);
     let facts = RequestFacts {
         method,
-        scheme: request_header(":scheme").unwrap_or_default(),
-        authority: request_header(":authority").unwrap_or_default(),
+        scheme,
+        authority,
         path,
         user_agent,
-        accept_language: request_header("accept-language"),
-        referer: request_header("referer"),
+        accept_language,
+        referer,
         status: seen.status.unwrap_or(0),
         server_time_ms: seen
             .server_time
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         time_secs: started.as_secs(),
         client_ip,
-        cookie: request_header("cookie"),
-        uid: sources.uid.as_deref().and_then(request_header),
-        cid: sources.cid.as_deref().and_then(request_header),
-        dimensions: sources
-            .dimensions
-            .iter()
-            .filter_map(|(name, n)| Some((*n, request_header(name)?)))
-            .collect(),
+        cookie,
+        uid,
+        cid,
+        dimensions,
         app: seen.app,
+        truncated,
     };
     tracker.track(&facts, started);
 }

@@ -7,14 +7,18 @@
 pub mod actions;
 pub mod app;
 pub mod batch;
+pub mod caps;
 pub mod config;
+pub mod error;
 pub mod headers;
 pub mod hit;
 pub mod log_limit;
 pub mod metrics;
+pub mod pattern;
 pub mod privacy;
 pub mod request;
 pub mod rules;
+pub mod text;
 pub mod tracker;
 
 #[cfg(target_arch = "wasm32")]

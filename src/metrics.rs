@@ -13,17 +13,20 @@ pub enum Counter {
     IgnoredUserAgent,
     IgnoredMethod,
     IgnoredApp,
+    IgnoredLocalReply,
+    IgnoredNoUrl,
     AppParamsRefused,
     HitsSent,
     HitsRetried,
     HitsDropped,
     HitsInvalid,
+    HitsTruncated,
     BatchesSent,
     BatchesFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 17] = [
         Counter::RequestsSeen,
         Counter::RequestsTracked,
         Counter::IgnoredRoute,
@@ -31,11 +34,14 @@ impl Counter {
         Counter::IgnoredUserAgent,
         Counter::IgnoredMethod,
         Counter::IgnoredApp,
+        Counter::IgnoredLocalReply,
+        Counter::IgnoredNoUrl,
         Counter::AppParamsRefused,
         Counter::HitsSent,
         Counter::HitsRetried,
         Counter::HitsDropped,
         Counter::HitsInvalid,
+        Counter::HitsTruncated,
         Counter::BatchesSent,
         Counter::BatchesFailed,
     ];
@@ -50,11 +56,14 @@ impl Counter {
             Counter::IgnoredUserAgent => "matomo.requests_ignored.user_agent",
             Counter::IgnoredMethod => "matomo.requests_ignored.method",
             Counter::IgnoredApp => "matomo.requests_ignored.app",
+            Counter::IgnoredLocalReply => "matomo.requests_ignored.local_reply",
+            Counter::IgnoredNoUrl => "matomo.requests_ignored.no_url",
             Counter::AppParamsRefused => "matomo.app_params_refused",
             Counter::HitsSent => "matomo.hits_sent",
             Counter::HitsRetried => "matomo.hits_retried",
             Counter::HitsDropped => "matomo.hits_dropped",
             Counter::HitsInvalid => "matomo.hits_invalid",
+            Counter::HitsTruncated => "matomo.hits_truncated",
             Counter::BatchesSent => "matomo.batches_sent",
             Counter::BatchesFailed => "matomo.batches_failed",
         }

@@ -1,9 +1,11 @@
 //! Keeps tokens, emails and other secrets in query strings out of Matomo: the tracked `url` and
-//! `urlref` lose the query parameters the config names (or keep only those it names).
+//! `urlref` lose the query parameters the config names (or keep only those it names). Names
+//! are compared as PHP reads them (`token[]` is `token`) and regardless of case, so no spelling
+//! of a stripped name slips through.
 
 use std::borrow::Cow;
 
-use crate::hit::percent_decode_lossy;
+use crate::text::{percent_decode_lossy, php_param_name};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum QueryFilter {
@@ -48,11 +50,13 @@ impl QueryFilter {
 
     fn keeps(&self, pair: &str) -> bool {
         let raw_name = pair.split_once('=').map_or(pair, |(n, _)| n);
-        let name = percent_decode_lossy(raw_name);
+        let decoded = percent_decode_lossy(raw_name);
+        let name = php_param_name(&decoded);
+        let named = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case(&name));
         match self {
             QueryFilter::KeepAll => true,
-            QueryFilter::Strip(names) => !names.iter().any(|n| *n == name),
-            QueryFilter::Keep(names) => names.iter().any(|n| *n == name),
+            QueryFilter::Strip(names) => !named(names),
+            QueryFilter::Keep(names) => named(names),
         }
     }
 }
@@ -81,6 +85,23 @@ mod tests {
         assert_eq!(f.apply("https://r/p?email=x#frag"), "https://r/p#frag");
         assert_eq!(f.apply("/a"), "/a");
         assert_eq!(f.apply("/a?tokens=1"), "/a?tokens=1");
+    }
+
+    #[test]
+    fn names_match_as_php_reads_them_and_in_any_case() {
+        let f = strip(&["token"]);
+        for q in [
+            "token[]=a",
+            "token[x]=a",
+            "Token=a",
+            "TOKEN=a",
+            "%20token=a",
+            "tok%65n[]=a",
+        ] {
+            assert_eq!(f.apply(&format!("/a?{q}&k=1")), "/a?k=1", "{q}");
+        }
+        let f = QueryFilter::Keep(vec!["page".into()]);
+        assert_eq!(f.apply("/a?Page=2&page[]=3&x=1"), "/a?Page=2&page[]=3");
     }
 
     #[test]

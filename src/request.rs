@@ -24,7 +24,7 @@ pub struct RequestFacts {
     pub time_secs: u64,
     /// The client address Envoy computed, without port; read only when a token lets us send it.
     pub client_ip: Option<String>,
-    /// The `cookie` header, where Matomo's JavaScript tracker keeps its visitor id.
+    /// The `cookie` headers joined, where Matomo's JavaScript tracker keeps its visitor id.
     pub cookie: Option<String>,
     /// The user id, from the configured `uid_header` (e.g. set by `jwt_authn`).
     pub uid: Option<String>,
@@ -34,6 +34,8 @@ pub struct RequestFacts {
     pub dimensions: Vec<(u16, String)>,
     /// What the app's `x-matomo-*` response headers said.
     pub app: AppParams,
+    /// A value above was cut to its cap when it was read.
+    pub truncated: bool,
 }
 
 impl RequestFacts {
@@ -45,11 +47,6 @@ impl RequestFacts {
 
 pub fn path_only(path: &str) -> &str {
     path.split_once('?').map_or(path, |(p, _)| p)
-}
-
-/// Host bytes as a string, without copying when they already are UTF-8.
-pub fn lossy(bytes: Vec<u8>) -> String {
-    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// The IP of an Envoy `source.address` (`1.2.3.4:5678`, `[::1]:5678`, or a bare IP).
@@ -78,13 +75,6 @@ mod tests {
         assert_eq!(path_only("/a?"), "/a");
         assert_eq!(path_only("/a"), "/a");
         assert_eq!(path_only(""), "");
-    }
-
-    #[test]
-    fn lossy_keeps_valid_utf8_and_replaces_the_rest() {
-        assert_eq!(lossy(b"caf\xc3\xa9".to_vec()), "café");
-        assert_eq!(lossy(vec![0xff, 0xfe]), "\u{fffd}\u{fffd}");
-        assert_eq!(lossy(vec![]), "");
     }
 
     #[test]

@@ -235,6 +235,9 @@ impl RootContext for Root {
             log::error!("could not set the tick period");
             return false;
         }
+        for warning in &settings.warnings {
+            log::warn!("{warning}");
+        }
         log::info!(
             "tracking site {} to {}{} through cluster {:?} (token: {}, batches of {})",
             settings.hits.id_site(),

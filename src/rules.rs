@@ -1,11 +1,11 @@
 //! Which requests are not tracked. Patterns match like Python's `re.match` (anchored at the
-//! start only), the semantics flask-matomo2 and asgi-matomo users wrote their patterns for.
+//! start only), the semantics flask-matomo2 and asgi-matomo users wrote their patterns for; the
+//! caller hands in capped text (see [`crate::caps`]).
 
 use std::collections::HashSet;
 
-use regex_lite::Regex;
-
-use crate::config::ConfigError;
+use crate::error::ConfigError;
+use crate::pattern::Pattern;
 
 /// Why a request was not tracked; each reason has its own counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,12 +16,17 @@ pub enum Ignored {
     UserAgent,
     /// The app's response said `x-matomo-ignore: 1`.
     App,
+    /// Answered by Envoy itself or a filter in front (RBAC, rate limit, jwt_authn, ext_authz,
+    /// a direct response, no healthy upstream), or never answered: not a page the app served.
+    LocalReply,
+    /// No URL to track: `OPTIONS *`, a CONNECT, a request without a host.
+    NoUrl,
 }
 
 pub struct Rules {
     routes: HashSet<String>,
-    patterns: Vec<Regex>,
-    ua_patterns: Vec<Regex>,
+    patterns: Vec<Pattern>,
+    ua_patterns: Vec<Pattern>,
     /// Upper-cased; empty means every method.
     allowed_methods: Vec<String>,
     ignored_methods: Vec<String>,
@@ -76,17 +81,12 @@ impl Rules {
     }
 }
 
-/// Compiles each pattern anchored at the start, as `re.match` does; the error names the index.
-fn compile_all(key: &str, patterns: &[String]) -> Result<Vec<Regex>, ConfigError> {
+/// Compiles each pattern; the error names the index.
+fn compile_all(key: &str, patterns: &[String]) -> Result<Vec<Pattern>, ConfigError> {
     patterns
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            Regex::new(&format!("^(?:{p})")).map_err(|e| ConfigError {
-                key: format!("{key}[{i}]"),
-                message: format!("invalid regex {p:?}: {e}"),
-            })
-        })
+        .map(|(i, p)| Pattern::new(&format!("{key}[{i}]"), p))
         .collect()
 }
 

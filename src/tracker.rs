@@ -4,12 +4,14 @@
 use std::time::Duration;
 
 use crate::batch::Batcher;
+use crate::caps;
 use crate::config::Settings;
 use crate::hit::Rand;
 use crate::log_limit::LogLimit;
 use crate::metrics::{Counter, Counters};
 use crate::request::RequestFacts;
 use crate::rules::Ignored;
+use crate::text::cut;
 
 pub struct Tracker {
     pub settings: Settings,
@@ -41,16 +43,30 @@ impl Tracker {
         }
     }
 
-    /// Applies the ignore rules; `None` means the request is to be tracked.
+    /// Applies the ignore rules to a request's (capped) method, path, host and User-Agent;
+    /// `None` means the request is to be tracked.
     pub fn ignored(
         &mut self,
         method: &str,
         path: &str,
+        authority: &str,
         user_agent: Option<&str>,
     ) -> Option<Ignored> {
         self.counters.add(Counter::RequestsSeen, 1);
-        let path = crate::request::path_only(path);
-        let reason = self.settings.rules.check(method, path, user_agent)?;
+        let no_url = !path.starts_with('/')
+            || (authority.is_empty() && self.settings.hits.base_url().is_none());
+        let reason = if no_url {
+            Some(Ignored::NoUrl)
+        } else {
+            let path = cut(crate::request::path_only(path), caps::RULES_PATH).0;
+            self.settings.rules.check(method, path, user_agent)
+        }?;
+        self.count_ignored(reason);
+        Some(reason)
+    }
+
+    /// Counts a request not tracked, under its reason.
+    pub fn count_ignored(&mut self, reason: Ignored) {
         self.counters.add(
             match reason {
                 Ignored::Method => Counter::IgnoredMethod,
@@ -58,10 +74,11 @@ impl Tracker {
                 Ignored::Pattern => Counter::IgnoredPattern,
                 Ignored::UserAgent => Counter::IgnoredUserAgent,
                 Ignored::App => Counter::IgnoredApp,
+                Ignored::LocalReply => Counter::IgnoredLocalReply,
+                Ignored::NoUrl => Counter::IgnoredNoUrl,
             },
             1,
         );
-        Some(reason)
     }
 
     /// Encodes the hit of a request that passed [`Tracker::ignored`] and queues it, unless the
@@ -71,10 +88,13 @@ impl Tracker {
         self.counters
             .add(Counter::AppParamsRefused, facts.app.refused);
         if facts.app.ignore {
-            self.counters.add(Counter::IgnoredApp, 1);
+            self.count_ignored(Ignored::App);
             return Tracked::Ignored(Ignored::App);
         }
-        let hit = self.settings.hits.encode(facts, self.rand.next_u32());
+        let (hit, cut_off) = self.settings.hits.encode(facts, self.rand.next_u32());
+        if cut_off || facts.truncated || facts.app.truncated {
+            self.counters.add(Counter::HitsTruncated, 1);
+        }
         if self.batcher.push(hit) {
             self.counters.add(Counter::RequestsTracked, 1);
             Tracked::Queued
@@ -82,9 +102,10 @@ impl Tracker {
             self.counters.add(Counter::HitsDropped, 1);
             if let Some(held) = self.queue_full_log.allow(now) {
                 log::warn!(
-                    "queue full ({} hits): dropping new hits while Matomo is slow or down \
-                     ({held} more dropped since the last line)",
-                    self.settings.batch.queue_size
+                    "queue full ({} hits or {} bytes): dropping new hits while Matomo is slow \
+                     or down ({held} more dropped since the last line)",
+                    self.settings.batch.queue_size,
+                    self.settings.batch.queue_bytes
                 );
             }
             Tracked::QueueFull
@@ -108,6 +129,7 @@ mod tests {
     fn facts(path: &str) -> RequestFacts {
         RequestFacts {
             method: "GET".into(),
+            authority: "shop.example".into(),
             path: path.into(),
             ..Default::default()
         }
@@ -120,7 +142,7 @@ mod tests {
     #[test]
     fn a_tracked_request_is_counted_and_queued() {
         let mut t = tracker("");
-        assert_eq!(t.ignored("GET", "/x?y=1", None), None);
+        assert_eq!(t.ignored("GET", "/x?y=1", "h", None), None);
         assert_eq!(t.track(&facts("/x?y=1"), Duration::ZERO), Tracked::Queued);
         assert_eq!(t.batcher.queued(), 1);
         assert_eq!(
@@ -136,18 +158,18 @@ mod tests {
                "ignored_ua_patterns":[".*bot"],"ignored_methods":["HEAD"]"#,
         );
         assert_eq!(
-            t.ignored("GET", "/health?full=1", None),
+            t.ignored("GET", "/health?full=1", "h", None),
             Some(Ignored::Route)
         );
         assert_eq!(
-            t.ignored("GET", "/static/app.js", None),
+            t.ignored("GET", "/static/app.js", "h", None),
             Some(Ignored::Pattern)
         );
         assert_eq!(
-            t.ignored("GET", "/", Some("Googlebot")),
+            t.ignored("GET", "/", "h", Some("Googlebot")),
             Some(Ignored::UserAgent)
         );
-        assert_eq!(t.ignored("HEAD", "/", None), Some(Ignored::Method));
+        assert_eq!(t.ignored("HEAD", "/", "h", None), Some(Ignored::Method));
         assert_eq!(
             counts(&mut t),
             [
@@ -157,6 +179,48 @@ mod tests {
                 (Counter::IgnoredUserAgent, 1),
                 (Counter::IgnoredMethod, 1),
             ]
+        );
+    }
+
+    #[test]
+    fn requests_without_a_url_are_not_tracked_unless_base_url_gives_one() {
+        let mut t = tracker("");
+        assert_eq!(t.ignored("OPTIONS", "*", "h", None), Some(Ignored::NoUrl));
+        assert_eq!(
+            t.ignored("CONNECT", "h:443", "h", None),
+            Some(Ignored::NoUrl)
+        );
+        assert_eq!(t.ignored("GET", "/", "", None), Some(Ignored::NoUrl));
+        assert_eq!(
+            counts(&mut t),
+            [(Counter::RequestsSeen, 3), (Counter::IgnoredNoUrl, 3)]
+        );
+        let mut t = tracker(r#","base_url":"https://shop.example""#);
+        assert_eq!(t.ignored("GET", "/", "", None), None);
+    }
+
+    #[test]
+    fn rules_see_at_most_the_capped_path() {
+        let mut t = tracker(r#","ignored_patterns":[".*secret"]"#);
+        let long = format!("/{}secret", "a".repeat(caps::RULES_PATH));
+        assert_eq!(t.ignored("GET", &long, "h", None), None);
+        let short = format!("/{}secret", "a".repeat(100));
+        assert_eq!(t.ignored("GET", &short, "h", None), Some(Ignored::Pattern));
+    }
+
+    #[test]
+    fn a_truncated_hit_is_counted() {
+        let mut t = tracker("");
+        let mut f = facts(&format!("/{}", "a".repeat(2000)));
+        assert_eq!(t.track(&f, Duration::ZERO), Tracked::Queued);
+        f.path = "/short".into();
+        f.truncated = true;
+        t.track(&f, Duration::ZERO);
+        f.truncated = false;
+        t.track(&f, Duration::ZERO);
+        assert_eq!(
+            counts(&mut t),
+            [(Counter::RequestsTracked, 3), (Counter::HitsTruncated, 2)]
         );
     }
 

@@ -136,7 +136,7 @@ proptest! {
     fn hit_encoding_never_panics_and_round_trips(
         facts in any_facts(), rand in any::<u32>(), id_site in 1u64..u64::MAX, cip in any::<bool>(),
     ) {
-        let hit = template(id_site, cip).encode(&facts, rand);
+        let (hit, _) = template(id_site, cip).encode(&facts, rand);
         // Safe inside a JSON string and a query string alike.
         prop_assert!(hit.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~%&=?".contains(&b)), "{}", hit);
         let p = parse_hit(&hit);
@@ -171,4 +171,43 @@ fn a_refused_token_auth_is_not_echoed_in_the_error() {
     .err()
     .expect("a number is not a token");
     assert!(!err.to_string().contains("123456789012345678"), "{err}");
+}
+
+fn long_text() -> impl Strategy<Value = String> {
+    (
+        0usize..12_000,
+        prop_oneof![Just("/"), Just("a"), Just("é"), Just("%2F"), Just("%")],
+    )
+        .prop_map(|(n, piece)| piece.repeat(n))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Whatever the sizes, the url, action name and referrer stay within what Matomo keeps
+    /// (1024 bytes, as decoded), cut where a decoder sees whole characters, and the cut is
+    /// reported.
+    #[test]
+    fn hits_stay_within_matomo_limits_whatever_the_sizes(
+        path in long_text(), referer in long_text(), rand in any::<u32>(),
+    ) {
+        let facts = RequestFacts {
+            method: "GET".into(), scheme: "https".into(), authority: "shop.example".into(),
+            path: format!("/{path}"), referer: Some(referer.clone()), ..RequestFacts::default()
+        };
+        let (hit, cut) = template(1, false).encode(&facts, rand);
+        let p = parse_hit(&hit);
+        let full_url = format!("https://shop.example/{path}");
+        prop_assert!(p["url"].len() <= 1024);
+        prop_assert!(full_url.starts_with(&p["url"]));
+        prop_assert!(p["action_name"].len() <= 1024);
+        let long = full_url.len() > 1024 || referer.len() > 1024
+            || String::from_utf8_lossy(&percent_decode(&format!("/{path}"))).len() > 1024;
+        prop_assert_eq!(cut, long);
+        if !referer.is_empty() {
+            prop_assert!(p["urlref"].len() <= 1024);
+            prop_assert!(referer.starts_with(&p["urlref"]));
+        }
+        prop_assert!(hit.len() <= 3 * 3 * 1024 + 600, "{}", hit.len());
+    }
 }

@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let r = black_box(&req);
             if tracker
-                .ignored(&r.method, &r.path, r.user_agent.as_deref())
+                .ignored(&r.method, &r.path, &r.authority, r.user_agent.as_deref())
                 .is_none()
             {
                 tracker.track(r, Duration::ZERO);
