@@ -7,7 +7,7 @@ count is dumped after a flush interval, so the last bulk call is inside the wind
 startup (V8 compiling the module) is outside it. The count covers every thread of Envoy in
 user space; the kernel's share (syscalls, loopback) is not counted.
 
-    python -m tests.bench.instructions [--only noop,filter] [-n 1000]
+    python -m tests.bench.instructions [--only noop,filter] [-n 1000] [--abuse]
 """
 
 from __future__ import annotations
@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench.run import (HEADERS, PATH, RESULTS, SPIN_WASM, StandIn, envoy_config, machine, profile_variants,
+from tests.bench.run import (HEADERS, PATH, RESULTS, SPIN_WASM, StandIn, envoy_config, filter_config, machine,
+                             profile_variants,
                              variants)
 from tests.support.envoy import ROOT, Envoy, envoy_binary, free_port, wasm_filter
+from tests.support.flood import HOSTILE_HEADERS, HOSTILE_PATH, README_RULES
 
 MAIN = ["none", "noop", "filter", "filter-ignored", "access-log", "noop access-log",
         "per-request-wasm", "per-request-lua", "probe: 20 clock reads", "probe: 20 header-map reads"]
@@ -52,12 +54,28 @@ def real_envoy() -> str:
     return str(found[0])
 
 
-def send(port: int, n: int) -> None:
+def abuse_variants() -> dict[str, tuple[list, int, bool, str]]:
+    """`--abuse`: the CPU attack of tests/test_abuse.py (29 KB path and User-Agent no rule
+    matches), through Envoy alone, the no-op filter, and this filter with the README's rules."""
+    return {
+        "none": variants()["none"],
+        "noop": variants()["noop"],
+        "filter + README rules": ([wasm_filter(filter_config(**README_RULES))], 1, False,
+                                  "this filter, README's action rules and query filter, 2 path "
+                                  "patterns, 8 User-Agent patterns; every request tracked"),
+        "filter": ([wasm_filter(filter_config())], 1, False, "this filter, no rules; every request tracked"),
+        "filter-ignored": ([wasm_filter(filter_config(ignored_ua_patterns=["Mozilla"]))], 1, False,
+                            "this filter, every request ignored by a User-Agent literal: headers read, "
+                            "no hit"),
+    }
+
+
+def send(port: int, n: int, path: str = PATH, headers: dict | None = None) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = dict(h.split(": ", 1) for h in HEADERS)
+    headers = headers or dict(h.split(": ", 1) for h in HEADERS)
     try:
         for _ in range(n):
-            conn.request("GET", PATH, headers=headers)
+            conn.request("GET", path, headers=headers)
             resp = conn.getresponse()
             resp.read()
             if resp.status != 200:
@@ -66,7 +84,7 @@ def send(port: int, n: int) -> None:
         conn.close()
 
 
-def per_request(spec, standin: StandIn, n: int) -> float:
+def per_request(spec, standin: StandIn, n: int, request: dict | None = None) -> float:
     port, admin = free_port(), free_port()
     out = Path(tempfile.mkdtemp(prefix="callgrind-"))
     envoy = Envoy(envoy_config(spec[0], port, admin, standin), concurrency=1, log_level="warning")
@@ -75,10 +93,10 @@ def per_request(spec, standin: StandIn, n: int) -> float:
     envoy.start(wait=False)
     try:
         envoy.wait_ready(timeout=600)
-        send(port, 200)
+        send(port, 200, **(request or {}))
         time.sleep(1.5)
         subprocess.run(["callgrind_control", "--zero", str(envoy.proc.pid)], check=True, capture_output=True)
-        send(port, n)
+        send(port, n, **(request or {}))
         time.sleep(1.5)  # flush_interval is 1 s: the batch of these hits leaves inside the window
         subprocess.run(["callgrind_control", "--dump", str(envoy.proc.pid)], check=True, capture_output=True)
         dump = max(out.glob("cg*"), key=lambda p: p.stat().st_mtime)
@@ -99,17 +117,26 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="", help="comma-separated variant names")
     ap.add_argument("-n", type=int, default=1000, help="requests counted per variant")
-    ap.add_argument("--out", default=str(RESULTS / "instructions.md"))
+    ap.add_argument("--abuse", action="store_true",
+                    help="the hostile request of tests/test_abuse.py (29 KB path and User-Agent)")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if not shutil.which("callgrind_control"):
         sys.exit("valgrind missing: apt-get install valgrind")
-    specs = {**variants(), **profile_variants(), **probes()}
-    names = args.only.split(",") if args.only else MAIN
+    if args.abuse:
+        specs, request = abuse_variants(), {"path": HOSTILE_PATH.decode(),
+                                            "headers": {k.decode(): v.decode() for k, v in HOSTILE_HEADERS}}
+        names, out = list(specs), args.out or str(RESULTS / "instructions-abuse.md")
+    else:
+        specs, request = {**variants(), **profile_variants(), **probes()}, None
+        names, out = MAIN, args.out or str(RESULTS / "instructions.md")
+    if args.only:
+        names = args.only.split(",")
     standin = StandIn()
     counts: dict[str, float] = {}
     try:
         for name in names:
-            counts[name] = per_request(specs[name], standin, args.n)
+            counts[name] = per_request(specs[name], standin, args.n, request)
             print(f"{name:28} {counts[name]:>10,.0f} instructions per request", flush=True)
     finally:
         standin.stop()
@@ -126,8 +153,8 @@ def main() -> int:
     rows += [f"- **{n}**: {specs[n][3]}" for n in counts]
     report = "\n".join(rows) + "\n"
     print("\n" + report)
-    Path(args.out).write_text(report)
-    print(f"written: {args.out}")
+    Path(out).write_text(report)
+    print(f"written: {out}")
     return 0
 
 

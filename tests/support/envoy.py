@@ -18,7 +18,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WASM = ROOT / "target/wasm32-wasip1/release/matomo_proxy_wasm.wasm"
+# MATOMO_WASM runs the tests against another build of the module (a before/after comparison).
+WASM = Path(os.environ.get("MATOMO_WASM") or ROOT / "target/wasm32-wasip1/release/matomo_proxy_wasm.wasm")
 
 
 def envoy_binary() -> str:
@@ -187,9 +188,15 @@ class Envoy:
         return 0
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the whole process (every thread) so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the whole process (every thread) so far, to the nanosecond: the sum of
+        each thread's schedstat (the clock-tick counters in /proc/PID/stat move by 10 ms)."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass  # a thread that just ended
+        return total / 1e9
 
     def log(self) -> str:
         try:

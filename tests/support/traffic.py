@@ -73,12 +73,20 @@ def status_of(response: bytes) -> int | None:
 
 def h2c_get(port: int, path: str, extra_headers: list[tuple[str, str]] = (), timeout: float = 5.0) -> int:
     """One GET over cleartext HTTP/2 with prior knowledge; returns the :status."""
+    return h2c_request(port, path, extra_headers, timeout)[0]
+
+
+def h2c_request(port: int, path: str, extra_headers: list[tuple[str, str]] = (),
+                timeout: float = 5.0) -> tuple[int | None, dict[str, str]]:
+    """One GET over cleartext HTTP/2 with prior knowledge; returns the :status and the
+    trailers received."""
     import h2.config
     import h2.connection
     import h2.events
 
     conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
+    status, trailers = None, {}
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(conn.data_to_send())
         headers = [(":method", "GET"), (":path", path), (":scheme", "http"),
@@ -86,7 +94,6 @@ def h2c_get(port: int, path: str, extra_headers: list[tuple[str, str]] = (), tim
         stream = conn.get_next_available_stream_id()
         conn.send_headers(stream, headers, end_stream=True)
         s.sendall(conn.data_to_send())
-        status = None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             data = s.recv(65536)
@@ -95,24 +102,67 @@ def h2c_get(port: int, path: str, extra_headers: list[tuple[str, str]] = (), tim
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
                     status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.TrailersReceived):
+                    trailers = {k.decode(): v.decode() for k, v in event.headers}
                 elif isinstance(event, h2.events.DataReceived):
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
                 elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
                     conn.close_connection()
                     s.sendall(conn.data_to_send())
-                    return status
+                    return status, trailers
             s.sendall(conn.data_to_send())
-        return status
+        return status, trailers
+
+
+def listening_socket(backlog: int = 64) -> socket.socket:
+    """A TCP socket listening on a free loopback port."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(backlog)
+    return sock
+
+
+class TrailerApp:
+    """An HTTP/1.1 app answering every request with a chunked body and trailers, one of them
+    `x-matomo-e-a` (Envoy passes trailers on to HTTP/2 clients)."""
+
+    def __init__(self):
+        self.sock = listening_socket()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        with conn:
+            data = b""
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                _, _, data = data.partition(b"\r\n\r\n")
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ntransfer-encoding: chunked\r\n"
+                             b"trailer: x-matomo-e-a, x-app-trailer\r\n\r\n"
+                             b"5\r\nhello\r\n0\r\nx-matomo-e-a: secret-action\r\nx-app-trailer: kept\r\n\r\n")
+
+    def stop(self):
+        self.sock.close()
 
 
 class ResettingServer:
     """Accepts connections and resets them at once (RST, via SO_LINGER 0), after reading a bit."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock = listening_socket()
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
         self._stop = False
