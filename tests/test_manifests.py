@@ -5,7 +5,6 @@ proxy takes; every Envoy YAML under envoy/ passes `envoy --mode validate`."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -149,9 +148,7 @@ def is_xds_resources(path: Path) -> bool:
 def validate(path: Path) -> subprocess.CompletedProcess:
     """`envoy --mode validate` from the repository root (where the shipped configs' relative
     module path points), with the token variable the shipped configs read."""
-    return subprocess.run([E.envoy_binary(), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
-                          capture_output=True, text=True, timeout=120, cwd=E.ROOT,
-                          env={**os.environ, "MATOMO_TOKEN_AUTH": "t"})
+    return E.validate(path, env={"MATOMO_TOKEN_AUTH": "t"}, cwd=E.ROOT)
 
 
 BOOTSTRAPS = [p for p in envoy_yamls() if not is_xds_resources(p)]

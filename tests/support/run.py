@@ -75,7 +75,7 @@ def main() -> None:
     target = matomo_url or f"the local Matomo stand-in (127.0.0.1:{stand_in.port}), which prints each hit"
     shown = {k: ("<set>" if k == "token_auth" else v) for k, v in plugin.items()}
     print(f"""
-Envoy {E.envoy_binary()} is up with the Matomo filter.
+Envoy is up with the Matomo filter ({" ".join(envoy.args[:-len(envoy.envoy_args)])}).
   try:   curl -A demo http://localhost:{LISTEN_PORT}/hello?q=1
          curl http://localhost:{LISTEN_PORT}/status/404
   stats: curl -s http://localhost:{ADMIN_PORT}/stats | grep matomo
