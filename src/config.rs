@@ -52,6 +52,10 @@ struct RawConfig {
     ignored_methods: Vec<String>,
     #[serde(default = "default_batch_size")]
     batch_size: usize,
+    #[serde(default = "default_max_batch_bytes")]
+    max_batch_bytes: usize,
+    #[serde(default = "default_concurrent_calls")]
+    concurrent_calls: usize,
     #[serde(default = "default_flush_interval")]
     flush_interval: Seconds,
     #[serde(default = "default_queue_size")]
@@ -95,6 +99,15 @@ fn default_http_timeout() -> Seconds {
 fn default_batch_size() -> usize {
     200
 }
+/// 512 KiB: half of nginx's default `client_max_body_size` (1 MiB), far below PHP's
+/// `post_max_size` (8 MiB); about 2,000 typical hits, or 50 of the largest.
+fn default_max_batch_bytes() -> usize {
+    512 << 10
+}
+/// Bulk calls in flight at once, one per lane (see lanes.rs).
+fn default_concurrent_calls() -> usize {
+    4
+}
 fn default_flush_interval() -> Seconds {
     Seconds(1.0)
 }
@@ -128,6 +141,8 @@ pub struct Settings {
     pub track_local_replies: bool,
     /// Accepted but doubtful choices, logged once at start.
     pub warnings: Vec<String>,
+    /// A hash of the plugin JSON: the VMs of one Envoy that share it share one queue of hits.
+    pub fingerprint: u64,
 }
 
 /// Which headers the host glue reads for a hit, besides the fixed ones. Names are lower-case.
@@ -141,16 +156,22 @@ pub struct HeaderSources {
     pub dimensions: Vec<(String, u16)>,
 }
 
-/// Where hits go: the `:authority` and `:path` of bulk calls to Matomo.
+/// Where hits go: the `:authority` and `:path` of bulk calls to Matomo, and the path of its
+/// API beside the tracker (for the start-up check of site and token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tracker {
     pub authority: String,
     pub path: String,
+    pub api_path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BatchSettings {
     pub batch_size: usize,
+    /// Largest bulk body, in bytes.
+    pub max_batch_bytes: usize,
+    /// Lanes, each with at most one bulk call in flight.
+    pub lanes: usize,
     pub flush_interval: Duration,
     pub queue_size: usize,
     pub queue_bytes: usize,
@@ -208,8 +229,17 @@ impl Settings {
             }
             ConfigError::new(key, message)
         })?;
-        raw.compile(env)
+        let mut settings = raw.compile(env)?;
+        settings.fingerprint = fnv64(bytes);
+        Ok(settings)
     }
+}
+
+/// FNV-1a, 64 bits: a stable name for a config, not a secret.
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Keys whose values errors never quote: the token, and where a token is pasted by mistake.
@@ -291,6 +321,9 @@ impl RawConfig {
             .to_duration("http_timeout", 0.001, 600.0)?;
         let batch = BatchSettings {
             batch_size: in_range("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)?,
+            // The largest hit the caps allow (caps.rs) is about 15 KB.
+            max_batch_bytes: in_range("max_batch_bytes", self.max_batch_bytes, 64 << 10, 64 << 20)?,
+            lanes: in_range("concurrent_calls", self.concurrent_calls, 1, 64)?,
             flush_interval: self
                 .flush_interval
                 .to_duration("flush_interval", 0.01, 3600.0)?,
@@ -400,6 +433,7 @@ impl RawConfig {
             headers,
             track_local_replies: self.track_local_replies,
             warnings,
+            fingerprint: 0,
         })
     }
 }
@@ -463,14 +497,18 @@ fn parse_matomo_url(url: &str) -> Result<Tracker, ConfigError> {
              token_auth_env (value not shown)",
         ));
     }
-    let path = if rest.ends_with("/matomo.php") || rest.ends_with("/piwik.php") {
-        rest.to_owned()
-    } else {
-        format!("{}/matomo.php", rest.trim_end_matches('/'))
+    let base = rest
+        .strip_suffix("/matomo.php")
+        .or_else(|| rest.strip_suffix("/piwik.php"));
+    let path = match base {
+        Some(_) => rest.to_owned(),
+        None => format!("{}/matomo.php", rest.trim_end_matches('/')),
     };
+    let api_path = format!("{}/index.php", base.unwrap_or(rest).trim_end_matches('/'));
     Ok(Tracker {
         authority: authority.to_owned(),
         path,
+        api_path,
     })
 }
 
@@ -599,6 +637,8 @@ mod tests {
             s.batch,
             BatchSettings {
                 batch_size: 200,
+                max_batch_bytes: 512 << 10,
+                lanes: 4,
                 flush_interval: Duration::from_secs(1),
                 queue_size: 10_000,
                 queue_bytes: 4 << 20,
@@ -620,13 +660,12 @@ mod tests {
         ] {
             let s = parse(&format!(r#"{{"matomo_url":"{url}","id_site":1}}"#)).unwrap();
             assert_eq!(
-                s.tracker,
-                Tracker {
-                    authority: authority.into(),
-                    path: path.into()
-                },
+                (s.tracker.authority.as_str(), s.tracker.path.as_str()),
+                (authority, path),
                 "{url}"
             );
+            let api = path.rsplit_once('/').unwrap().0;
+            assert_eq!(s.tracker.api_path, format!("{api}/index.php"), "{url}");
         }
     }
 
@@ -911,6 +950,36 @@ mod tests {
         ] {
             assert_eq!(err(&with(extra)).key, key, "{extra}");
         }
+    }
+
+    #[test]
+    fn batch_bytes_and_concurrent_calls_are_read_and_checked() {
+        let s = parse(&with(r#""max_batch_bytes":100000,"concurrent_calls":1"#)).unwrap();
+        assert_eq!((s.batch.max_batch_bytes, s.batch.lanes), (100_000, 1));
+        assert_eq!(
+            err(&with(r#""max_batch_bytes":1000"#)).key,
+            "max_batch_bytes"
+        );
+        assert_eq!(
+            err(&with(r#""concurrent_calls":0"#)).key,
+            "concurrent_calls"
+        );
+        assert_eq!(
+            err(&with(r#""concurrent_calls":65"#)).key,
+            "concurrent_calls"
+        );
+    }
+
+    #[test]
+    fn equal_configs_have_equal_fingerprints() {
+        assert_eq!(
+            parse(&with("")).unwrap().fingerprint,
+            parse(&with("")).unwrap().fingerprint
+        );
+        assert_ne!(
+            parse(&with("")).unwrap().fingerprint,
+            parse(&with(r#""batch_size":7"#)).unwrap().fingerprint
+        );
     }
 
     #[test]

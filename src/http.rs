@@ -15,7 +15,6 @@ use crate::app::AppParams;
 use crate::caps;
 use crate::host;
 use crate::request::{client_ip, RequestFacts};
-use crate::root::now;
 use crate::rules::Ignored;
 use crate::text::lossy;
 use crate::tracker::Tracker;
@@ -81,12 +80,12 @@ impl Context for Filter {}
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        self.seen.started = Some(now());
+        self.seen.started = Some(host::now());
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let responded = now();
+        let responded = host::now();
         self.seen.server_time = self.seen.started.map(|s| responded.saturating_sub(s));
         let Some(tracker) = self.tracker.clone() else {
             return Action::Continue;
@@ -158,14 +157,11 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         return;
     }
     let seen = seen(tracker);
-    let started = seen.started.unwrap_or_else(now);
-    let client_ip = if tracker.settings.hits.with_client_ip() {
-        host::property(b"source\0address")
-            .map(lossy)
-            .and_then(|a| client_ip(&a).map(str::to_owned))
-    } else {
-        None
-    };
+    let started = seen.started.unwrap_or_else(host::now);
+    // The client as Envoy computed it: `cip` with a token, and always the visitor's lane.
+    let client_ip = host::property(b"source\0address")
+        .map(lossy)
+        .and_then(|a| client_ip(&a).map(str::to_owned));
     let sources = &tracker.settings.headers;
     let scheme = header(":scheme", caps::TOKEN, false).unwrap_or_default();
     let accept_language = header("accept-language", caps::ACCEPT_LANGUAGE, false);

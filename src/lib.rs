@@ -6,14 +6,17 @@
 
 pub mod actions;
 pub mod app;
-pub mod batch;
 pub mod caps;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod hit;
+pub mod lanes;
+pub mod leader;
 pub mod log_limit;
+pub mod matomo;
 pub mod metrics;
+pub mod outbox;
 pub mod pattern;
 pub mod privacy;
 pub mod request;

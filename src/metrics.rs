@@ -19,14 +19,20 @@ pub enum Counter {
     HitsSent,
     HitsRetried,
     HitsDropped,
+    HitsDroppedQueueFull,
+    HitsDroppedRetryWindow,
+    HitsDroppedRefused,
+    HitsDroppedInvalid,
     HitsInvalid,
     HitsTruncated,
+    HitsResentAfterTimeout,
+    BatchesSplit,
     BatchesSent,
     BatchesFailed,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 23] = [
         Counter::RequestsSeen,
         Counter::RequestsTracked,
         Counter::IgnoredRoute,
@@ -40,8 +46,14 @@ impl Counter {
         Counter::HitsSent,
         Counter::HitsRetried,
         Counter::HitsDropped,
+        Counter::HitsDroppedQueueFull,
+        Counter::HitsDroppedRetryWindow,
+        Counter::HitsDroppedRefused,
+        Counter::HitsDroppedInvalid,
         Counter::HitsInvalid,
         Counter::HitsTruncated,
+        Counter::HitsResentAfterTimeout,
+        Counter::BatchesSplit,
         Counter::BatchesSent,
         Counter::BatchesFailed,
     ];
@@ -62,13 +74,35 @@ impl Counter {
             Counter::HitsSent => "matomo.hits_sent",
             Counter::HitsRetried => "matomo.hits_retried",
             Counter::HitsDropped => "matomo.hits_dropped",
+            Counter::HitsDroppedQueueFull => "matomo.hits_dropped.queue_full",
+            Counter::HitsDroppedRetryWindow => "matomo.hits_dropped.retry_window",
+            Counter::HitsDroppedRefused => "matomo.hits_dropped.refused",
+            Counter::HitsDroppedInvalid => "matomo.hits_dropped.invalid",
             Counter::HitsInvalid => "matomo.hits_invalid",
             Counter::HitsTruncated => "matomo.hits_truncated",
+            Counter::HitsResentAfterTimeout => "matomo.hits_resent_after_timeout",
+            Counter::BatchesSplit => "matomo.batches_split",
             Counter::BatchesSent => "matomo.batches_sent",
             Counter::BatchesFailed => "matomo.batches_failed",
         }
     }
 }
+
+/// Why hits were dropped; `hits_dropped` counts them all, and each reason has its own counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The queue was full (Matomo slow or down for long).
+    QueueFull,
+    /// Still failing after `retry_window`, or failing while the plugin goes away.
+    RetryWindow,
+    /// Refused in a way that will not change (401/403/404, or a single hit still refused).
+    Refused,
+    /// Matomo accepted the call but found every hit in it invalid.
+    Invalid,
+}
+
+/// The gauge of hits held for Matomo (queued, waiting or in flight) by the VM that sends.
+pub const HITS_QUEUED: &str = "matomo.hits_queued";
 
 /// Counts not yet handed to Envoy.
 #[derive(Debug, Default)]
@@ -81,6 +115,20 @@ impl Counters {
         if let Some(slot) = self.pending.get_mut(counter as usize) {
             *slot = slot.saturating_add(n);
         }
+    }
+
+    /// Hits dropped, under the total and under their reason.
+    pub fn dropped(&mut self, why: Dropped, n: u64) {
+        self.add(Counter::HitsDropped, n);
+        self.add(
+            match why {
+                Dropped::QueueFull => Counter::HitsDroppedQueueFull,
+                Dropped::RetryWindow => Counter::HitsDroppedRetryWindow,
+                Dropped::Refused => Counter::HitsDroppedRefused,
+                Dropped::Invalid => Counter::HitsDroppedInvalid,
+            },
+            n,
+        );
     }
 
     /// The non-zero counts since the last call, which start again from zero.

@@ -1,21 +1,22 @@
 //! The state one worker VM shares between its root context and its request contexts: settings,
-//! the hit queue and the counters. Pure, so the whole per-request decision is tested natively.
+//! the outbox of hits encoded since the last tick, and the counters. Pure, so the whole
+//! per-request decision is tested natively.
 
 use std::time::Duration;
 
-use crate::batch::Batcher;
 use crate::caps;
 use crate::config::Settings;
 use crate::hit::Rand;
 use crate::log_limit::LogLimit;
-use crate::metrics::{Counter, Counters};
+use crate::metrics::{Counter, Counters, Dropped};
+use crate::outbox::{visitor_key, Outbox};
 use crate::request::RequestFacts;
 use crate::rules::Ignored;
 use crate::text::cut;
 
 pub struct Tracker {
     pub settings: Settings,
-    pub batcher: Batcher,
+    pub outbox: Outbox,
     pub counters: Counters,
     rand: Rand,
     queue_full_log: LogLimit,
@@ -26,17 +27,16 @@ pub struct Tracker {
 pub enum Tracked {
     Queued,
     Ignored(Ignored),
-    /// The queue was full (Matomo slow or down for long): the hit is dropped and counted.
+    /// The outbox was full: the hit is dropped and counted.
     QueueFull,
 }
 
 impl Tracker {
-    /// `now`: wall-clock time since the Unix epoch; the first flush interval starts there.
-    pub fn new(settings: Settings, seed: u64, now: Duration) -> Self {
-        let batcher = Batcher::new(settings.batch, settings.token_auth.as_ref(), now);
+    pub fn new(settings: Settings, seed: u64) -> Self {
+        let outbox = Outbox::new(settings.batch.queue_size, settings.batch.queue_bytes);
         Tracker {
             settings,
-            batcher,
+            outbox,
             counters: Counters::default(),
             rand: Rand::new(seed),
             queue_full_log: LogLimit::new(Duration::from_secs(10)),
@@ -81,9 +81,9 @@ impl Tracker {
         );
     }
 
-    /// Encodes the hit of a request that passed [`Tracker::ignored`] and queues it, unless the
-    /// app's response asked not to track it. A full queue drops the hit, counted and logged
-    /// (at most one line per 10 s).
+    /// Encodes the hit of a request that passed [`Tracker::ignored`] and keeps it for the next
+    /// tick, unless the app's response asked not to track it. A full outbox drops the hit,
+    /// counted and logged (at most one line per 10 s).
     pub fn track(&mut self, facts: &RequestFacts, now: Duration) -> Tracked {
         self.counters
             .add(Counter::AppParamsRefused, facts.app.refused);
@@ -95,11 +95,12 @@ impl Tracker {
         if cut_off || facts.truncated || facts.app.truncated {
             self.counters.add(Counter::HitsTruncated, 1);
         }
-        if self.batcher.push(hit) {
-            self.counters.add(Counter::RequestsTracked, 1);
+        // Every hit made counts; each is then sent, dropped (and counted so) or still queued.
+        self.counters.add(Counter::RequestsTracked, 1);
+        if self.outbox.push(visitor_key(facts), hit) {
             Tracked::Queued
         } else {
-            self.counters.add(Counter::HitsDropped, 1);
+            self.counters.dropped(Dropped::QueueFull, 1);
             if let Some(held) = self.queue_full_log.allow(now) {
                 log::warn!(
                     "queue full ({} hits or {} bytes): dropping new hits while Matomo is slow \
@@ -119,11 +120,7 @@ mod tests {
 
     fn tracker(extra: &str) -> Tracker {
         let json = format!(r#"{{"matomo_url":"http://m","id_site":1{extra}}}"#);
-        Tracker::new(
-            Settings::from_json(json.as_bytes()).unwrap(),
-            1,
-            Duration::ZERO,
-        )
+        Tracker::new(Settings::from_json(json.as_bytes()).unwrap(), 1)
     }
 
     fn facts(path: &str) -> RequestFacts {
@@ -144,7 +141,7 @@ mod tests {
         let mut t = tracker("");
         assert_eq!(t.ignored("GET", "/x?y=1", "h", None), None);
         assert_eq!(t.track(&facts("/x?y=1"), Duration::ZERO), Tracked::Queued);
-        assert_eq!(t.batcher.queued(), 1);
+        assert_eq!(crate::outbox::decode(&t.outbox.take_message()).count(), 1);
         assert_eq!(
             counts(&mut t),
             [(Counter::RequestsSeen, 1), (Counter::RequestsTracked, 1)]
@@ -231,9 +228,14 @@ mod tests {
         assert_eq!(t.track(&facts("/b"), Duration::ZERO), Tracked::QueueFull);
         assert_eq!(
             counts(&mut t),
-            [(Counter::RequestsTracked, 1), (Counter::HitsDropped, 1)]
+            [
+                (Counter::RequestsTracked, 2),
+                (Counter::HitsDropped, 1),
+                (Counter::HitsDroppedQueueFull, 1)
+            ]
         );
-        let sent = t.batcher.poll(Duration::from_secs(1)).unwrap();
-        assert!(sent.body.contains("%2Fa"));
+        let kept: Vec<_> = t.outbox.take();
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].1.contains("%2Fa"));
     }
 }

@@ -83,18 +83,36 @@ def test_matomo_failing_in_a_retryable_way_is_retried_and_clients_do_not_notice(
     assert_clients_unharmed(client_traffic(envoy.port, 10))
 
 
-@pytest.mark.parametrize("status,reason", [(400, "bulk tracking enabled"), (413, "lower batch_size")])
+@pytest.mark.parametrize("status,reason", [(401, "token is not accepted"), (404, "Matomo answered 404")])
 def test_matomo_refusing_a_batch_drops_it_at_once_counted_and_logged(start_envoy, matomo, status, reason):
     matomo.behaviour = Behaviour(status=status, body=b'{"status":"error"}')
     envoy = start_envoy(config())
     assert_clients_unharmed(client_traffic(envoy.port, 20))
     c = wait_counter(envoy, "hits_dropped", 20, timeout=8)
-    assert c["hits_dropped"] == 20 and c["hits_sent"] == 0 and c["hits_retried"] == 0, c
+    assert c["hits_dropped"] == c["hits_dropped.refused"] == 20, c
+    assert c["hits_sent"] == 0 and c["hits_retried"] == 0, c
     assert c["batches_sent"] == 4 and c["batches_failed"] == 4, c
     assert len(matomo.calls) == 4, "a refused batch is not sent again"
     lines = log_lines(envoy, f"Matomo answered {status}")
     assert lines and reason in lines[0], envoy.log()[-2000:]
-    assert len(lines) <= 2, lines  # rate-limited: one line per 10 s per worker
+    assert len(lines) <= 2, lines  # rate-limited: one line per 10 s
+
+
+@pytest.mark.parametrize("status", [400, 413])
+def test_a_body_refused_whole_is_split_down_to_single_hits_and_only_those_dropped(start_envoy, matomo, status):
+    """413 (the web server's body limit) and 400 (QueuedTracking refusing a bulk call with one
+    invalid hit) say nothing about the hits one by one: the batch goes again in halves."""
+    matomo.behaviour = Behaviour(status=status, body=b'{"status":"error"}')
+    envoy = start_envoy(config())
+    assert_clients_unharmed(client_traffic(envoy.port, 20))
+    c = wait_counter(envoy, "hits_dropped", 20, timeout=10)
+    # 4 batches of 5, each split into 2 + 3, then 1 + 1 and 1 + 2, then 1 + 1: 9 calls a batch.
+    assert c["hits_dropped"] == c["hits_dropped.refused"] == 20, c
+    assert c["batches_split"] == 16 and c["batches_sent"] == 36, c
+    assert sorted(len(call.hits) for call in matomo.calls).count(1) == 20, "each hit tried alone once"
+    # Logged at a bounded rate: the first split says what happened.
+    lines = log_lines(envoy, f"answered {status}")
+    assert lines and "again in two halves" in lines[0] and len(lines) <= 2, lines
 
 
 def test_hits_matomo_reports_invalid_are_counted(start_envoy, matomo):
@@ -209,8 +227,8 @@ def test_a_full_queue_drops_new_hits_and_counts_them(start_envoy, matomo):
         assert timed_get(envoy.port, f"/flood/{i}")[0] == 200
     c = settled_counters(envoy)
     # 10 in the batch being retried + 20 queued; the other 70 dropped, each counted.
-    assert c["requests_seen"] == 100, c
-    assert c["requests_tracked"] == 30 and c["hits_dropped"] == 70, c
+    assert c["requests_seen"] == c["requests_tracked"] == 100, c
+    assert c["hits_dropped"] == c["hits_dropped.queue_full"] == 70, c
     # The oldest hits are kept (they are sent first once Matomo is back).
     matomo.behaviour = Behaviour()
     first = len(matomo.calls)
@@ -275,9 +293,10 @@ def test_memory_stays_flat_during_an_outage_at_load(start_envoy, matomo, capsys)
     during_2 = rss_mib(envoy)
     c = settled_counters(envoy)
     assert c["hits_dropped"] - dropped_1 >= sent * 0.95, (c, sent, "with the queue full, new hits are dropped")
-    assert 2000 <= c["requests_tracked"] <= 2000 + 100, c  # at most the queue + the batch in flight
+    # At most the queue + the batch in flight are held; every other hit was dropped and counted.
+    assert 2000 <= c["requests_tracked"] - c["hits_dropped"] <= 2000 + 100, c
     matomo.behaviour = Behaviour()
-    wait_counter(envoy, "hits_sent", c["requests_tracked"], timeout=30)
+    wait_counter(envoy, "hits_sent", c["requests_tracked"] - c["hits_dropped"], timeout=30)
     after = rss_mib(envoy)
     with capsys.disabled():
         print(f"\n[memory] RSS before {before:.1f} MiB, queue full {during_1:.1f} MiB, "

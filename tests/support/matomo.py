@@ -51,9 +51,27 @@ class Behaviour:
     close_mid_answer: bool = False
 
 
+def api_answer(form: dict[str, list[str]]) -> bytes:
+    """What Matomo's API answers the filter's start-up check (`API.getBulkRequest`): a
+    superuser token, and every site asked for exists."""
+    answers = []
+    for key in sorted((k for k in form if k.startswith("urls[")), key=lambda k: int(k[5:-1])):
+        query = urllib.parse.parse_qs(form[key][0])
+        method = query.get("method", [""])[0]
+        if method == "UsersManager.hasSuperUserAccess":
+            answers.append({"value": True})
+        elif method == "SitesManager.getSiteFromId":
+            answers.append({"idsite": int(query.get("idSite", ["0"])[0]), "name": "stand-in"})
+        else:
+            answers.append([])
+    return json.dumps(answers).encode()
+
+
 class MatomoStandIn:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, echo: bool = False):
         self.calls: list[Call] = []
+        # Calls to Matomo's API (index.php): the filter's start-up check of site and token.
+        self.api_calls: list[Call] = []
         self.behaviour = Behaviour()
         self.echo = echo
         self._lock = threading.Condition()
@@ -71,7 +89,17 @@ class MatomoStandIn:
             def do_POST(self):
                 length = int(self.headers.get("content-length", 0))
                 body = self.rfile.read(length)
-                stand_in._record(Call(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                call = Call(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
+                if self.path.split("?")[0].endswith("/index.php"):
+                    stand_in.api_calls.append(call)
+                    answer = api_answer(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer)
+                    return
+                stand_in._record(call)
                 b = stand_in.behaviour
                 if b.delay:
                     time.sleep(b.delay)
