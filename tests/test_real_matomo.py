@@ -120,6 +120,16 @@ def test_the_page_title_is_what_action_name_says(tracking, real_matomo, site):
     assert action["url"] == f"http://{HOST}/checkout?step=2"
 
 
+def test_a_query_parameter_matomo_reads_as_a_search_makes_the_page_a_site_search(tracking, real_matomo, site):
+    """Site search is on for a new site, with `q`, `query`, `s`, `search`, `k`, `keyword`, ... as
+    keyword parameters: such a page is a search in Matomo's reports, not a page view."""
+    env = tracking()
+    get(env, "/products?q=boots&page=2")
+    wait_for_counters(env, hits_sent=1)
+    action, = the_visit(real_matomo, site)["actionDetails"]
+    assert action["type"] == "search" and action["siteSearchKeyword"] == "boots"
+
+
 def test_referrers_search_engine_website_and_campaigns(tracking, real_matomo, site):
     """One visitor per referrer (the referrer belongs to the visit): told apart by their browsers."""
     env = tracking()
