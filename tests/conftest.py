@@ -1,14 +1,17 @@
 """Fixtures for the real-Envoy integration tests: a recording Matomo stand-in, the demo upstream,
-and `start_envoy`, which starts Envoy with the filter and prints Envoy's log when a test fails."""
+`start_envoy`, which starts Envoy with the filter and prints Envoy's log when a test fails, and
+`real_matomo` / `local_matomo`, a real Matomo (tests/support/real_matomo.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
 
 from tests.support import envoy as E
 from tests.support.matomo import MatomoStandIn
+from tests.support.real_matomo import RealMatomo
 from tests.support.upstream import Upstream
 
 
@@ -29,6 +32,40 @@ def matomo():
     m = MatomoStandIn().start()
     yield m
     m.stop()
+
+
+def unavailable(reason: str):
+    """Skips the test with one line; under CI=true, where every test must run, fails it instead."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the real-Matomo tests must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def real_matomo():
+    """A real Matomo: MATOMO_E2E_URL + MATOMO_E2E_TOKEN, else the local ../shared/matomo instance
+    (brought up by its setup.sh), else the test skips saying how to provide one."""
+    try:
+        matomo, where = RealMatomo.locate()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        unavailable(f"the local Matomo did not come up: {str(e).strip().splitlines()[-1]}")
+    if matomo is None:
+        unavailable(where)
+    print(f"\nreal Matomo: {where}")
+    return matomo
+
+
+@pytest.fixture(scope="session")
+def local_matomo(real_matomo):
+    """The local instance, for tests that stop and start Matomo. With MATOMO_E2E_URL they skip,
+    except under CI=true, where the local instance is brought up for them."""
+    if real_matomo.local:
+        return real_matomo
+    if os.environ.get("CI") == "true":
+        local = RealMatomo.start_local()
+        if local:
+            return local
+    unavailable("stops and starts Matomo, which needs the local ../shared/matomo instance, not MATOMO_E2E_URL")
 
 
 @pytest.fixture(scope="session")

@@ -104,3 +104,18 @@ def test_action_rules_and_query_privacy(start_envoy, matomo):
     assert hits["/users/1/orders"]["action_name"] == "Exact" and "e_c" not in hits["/users/1/orders"]
     assert hits["/docs/intro"]["action_name"] == "Section docs"
     assert "abc" not in json.dumps(matomo.calls[0].json()) and "a%40b" not in json.dumps(matomo.calls[0].json())
+
+
+def test_the_demo_app_answers_html_unless_a_test_gives_a_content_type(upstream):
+    import http.client
+
+    def content_types(headers):
+        conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=10)
+        conn.request("GET", "/", headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return [v for k, v in resp.getheaders() if k.lower() == "content-type"]
+
+    assert content_types({}) == ["text/html; charset=utf-8"]
+    assert content_types(app_sets({"Content-Type": "application/json"})) == ["application/json"]

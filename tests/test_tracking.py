@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 
-from tests.support.client import raw, request
+from tests.support.client import load, raw, request
 
 MATOMO = {"matomo_url": "http://matomo.test/", "id_site": 3, "flush_interval": 0.1}
 
@@ -233,26 +232,9 @@ def test_slow_matomo_changes_no_status_or_latency_and_times_out(start_envoy, mat
 
 def test_load_every_hit_exactly_once_over_two_workers(start_envoy, matomo):
     env = start_envoy(config(), concurrency=2)
-    total, clients = 1000, 8
-    errors = []
-
-    def client(k):
-        import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", env.port, timeout=10)
-        for i in range(k, total, clients):
-            conn.request("GET", f"/load/{i:04d}")
-            r = conn.getresponse()
-            r.read()
-            if r.status != 200:
-                errors.append(r.status)
-        conn.close()
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    total = 1000
     start = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = load(env.port, total, clients=8)
     took = time.monotonic() - start
     hits = matomo.wait_for_hits(total, timeout=10)
     time.sleep(0.5)

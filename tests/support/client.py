@@ -1,11 +1,13 @@
-"""Plain HTTP clients for the tests: one request with http.client, or raw bytes over a socket
-(for header bytes no HTTP library will send)."""
+"""Plain HTTP clients for the tests: one request with http.client, many at once over keep-alive
+connections, or raw bytes over a socket (for header bytes no HTTP library will send)."""
 
 from __future__ import annotations
 
 import http.client
 import socket
+import threading
 import time
+from typing import Callable
 
 
 def request(port: int, path: str = "/", method: str = "GET", headers: dict | None = None,
@@ -20,6 +22,30 @@ def request(port: int, path: str = "/", method: str = "GET", headers: dict | Non
         return resp.status, time.monotonic() - start
     finally:
         conn.close()
+
+
+def load(port: int, total: int, clients: int, path: str = "/load",
+         headers: Callable[[int], dict] = lambda k: {}) -> list[int]:
+    """GETs `path/0000` to `path/<total-1>` from `clients` keep-alive connections at once, client
+    k sending `headers(k)`; returns the statuses other than 200."""
+    errors: list[int] = []
+
+    def client(k):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for i in range(k, total, clients):
+            conn.request("GET", f"{path}/{i:04d}", headers=headers(k))
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                errors.append(r.status)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def response_headers(port: int, path: str = "/", headers: dict | None = None) -> tuple[int, dict[str, str]]:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -97,6 +98,33 @@ def cluster(name: str, port: int, *, http2: bool = False) -> dict:
     return c
 
 
+def cluster_for_url(url: str, name: str = "matomo") -> dict:
+    """A cluster that reaches the host of `url` through DNS, with TLS (and SNI) for https."""
+    parts = urllib.parse.urlsplit(url)
+    tls = parts.scheme == "https"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    c = {
+        "name": name,
+        "type": "LOGICAL_DNS",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
+    }
+    if tls:
+        c["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": host,
+                "common_tls_context": {"validation_context": {
+                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}},
+            },
+        }
+    return c
+
+
 def wasm_filter(plugin_config: dict | str, *, root_id: str = "matomo", vm_env: dict | None = None,
                 failure_policy: str | None = None, wasm: Path = WASM) -> dict:
     """The `envoy.filters.http.wasm` entry for the filter with this plugin JSON."""
@@ -132,12 +160,14 @@ def wasm_access_log(plugin_config: dict | str, **kw) -> dict:
     }
 
 
-def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_port: int,
+def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_port: int | None,
               http_filters: list[dict], access_log: list[dict] | None = None,
-              matomo_cluster: str = "matomo", hcm_extra: dict | None = None,
-              listener_extra: dict | None = None, filter_chain_extra: dict | None = None) -> dict:
+              matomo_cluster: str = "matomo", matomo_cluster_config: dict | None = None,
+              hcm_extra: dict | None = None, listener_extra: dict | None = None,
+              filter_chain_extra: dict | None = None) -> dict:
     """A whole Envoy config: one listener routing everything to the upstream (through
-    `http_filters`, logged by `access_log`), and a cluster for Matomo."""
+    `http_filters`, logged by `access_log`), and a cluster for Matomo: `matomo_port` on loopback,
+    or `matomo_cluster_config` (e.g. `cluster_for_url`)."""
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
@@ -163,7 +193,8 @@ def bootstrap(*, listen_port: int, admin_port: int, upstream_port: int, matomo_p
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
             "listeners": [listener],
-            "clusters": [cluster("upstream", upstream_port), cluster(matomo_cluster, matomo_port)],
+            "clusters": [cluster("upstream", upstream_port),
+                         matomo_cluster_config or cluster(matomo_cluster, matomo_port)],
         },
     }
 

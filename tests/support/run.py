@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import time
-import urllib.parse
 
 from tests.support import envoy as E
 from tests.support.matomo import MatomoStandIn
@@ -20,33 +19,6 @@ from tests.support.upstream import Upstream
 
 LISTEN_PORT = int(os.environ.get("PORT", "10000"))
 ADMIN_PORT = int(os.environ.get("ADMIN_PORT", "9901"))
-
-
-def real_matomo_cluster(url: str) -> dict:
-    """A cluster reaching the Matomo of `url`, with TLS (and SNI) for https."""
-    parts = urllib.parse.urlsplit(url)
-    tls = parts.scheme == "https"
-    host = parts.hostname or ""
-    port = parts.port or (443 if tls else 80)
-    cluster = {
-        "name": "matomo",
-        "type": "LOGICAL_DNS",
-        "dns_lookup_family": "V4_PREFERRED",
-        "connect_timeout": "5s",
-        "load_assignment": {"cluster_name": "matomo", "endpoints": [{"lb_endpoints": [{"endpoint": {
-            "address": {"socket_address": {"address": host, "port_value": port}}}}]}]},
-    }
-    if tls:
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": host,
-                "common_tls_context": {"validation_context": {
-                    "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"}}},
-            },
-        }
-    return cluster
 
 
 def main() -> None:
@@ -60,16 +32,13 @@ def main() -> None:
         if os.environ.get("TOKEN_AUTH"):
             plugin["token_auth"] = os.environ["TOKEN_AUTH"]
         stand_in = None
-        matomo_port = E.free_port()  # replaced below by the real cluster
+        matomo = {"matomo_port": None, "matomo_cluster_config": E.cluster_for_url(matomo_url)}
     else:
         stand_in = MatomoStandIn(echo=True).start()
         plugin.update(matomo_url="http://matomo.local/", id_site=1)
-        matomo_port = stand_in.port
+        matomo = {"matomo_port": stand_in.port}
     config = E.bootstrap(listen_port=LISTEN_PORT, admin_port=ADMIN_PORT, upstream_port=upstream.port,
-                         matomo_port=matomo_port, http_filters=[E.wasm_filter(plugin)])
-    if matomo_url:
-        clusters = config["static_resources"]["clusters"]
-        clusters[:] = [c for c in clusters if c["name"] != "matomo"] + [real_matomo_cluster(matomo_url)]
+                         http_filters=[E.wasm_filter(plugin)], **matomo)
     envoy = E.Envoy(config, concurrency=2)
     envoy.start()
     target = matomo_url or f"the local Matomo stand-in (127.0.0.1:{stand_in.port}), which prints each hit"

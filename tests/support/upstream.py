@@ -1,6 +1,9 @@
 """The demo app behind Envoy: answers every path, `/status/<code>` with that code,
 `?delay_ms=N` after N ms, and sets the response headers a request lists as JSON in
-`x-demo-response-headers` (how tests play an app that sets `x-matomo-*` headers). `python -m tests.support.upstream PORT` runs it for `make run`."""
+`x-demo-response-headers` (how tests play an app that sets `x-matomo-*` headers). It answers as a
+website does, with `text/html; charset=utf-8`; a `content-type` among those headers replaces it
+(how tests play a JSON API or an asset). `python -m tests.support.upstream PORT` runs it for
+`make run`."""
 
 from __future__ import annotations
 
@@ -35,10 +38,12 @@ class Handler(BaseHTTPRequestHandler):
         if len(parts) >= 3 and parts[1] == "status" and parts[2].isdigit():
             status = int(parts[2])
         body = f"demo app: {self.command} {self.path} -> {status}\n".encode("utf-8", "replace")
-        self.send_response(status)
-        self.send_header("content-type", "text/plain")
-        self.send_header("content-length", str(len(body)))
+        headers = {"content-type": "text/html; charset=utf-8"}
         for name, value in json.loads(self.headers.get("x-demo-response-headers") or "{}").items():
+            headers[name.lower()] = value  # a content-type given here replaces the default one
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
         if self.command != "HEAD":
