@@ -223,6 +223,27 @@ impl Lanes {
         })
     }
 
+    /// Drops every hit not in flight (the token was refused: sending would only get the proxy
+    /// blocked); returns how many.
+    pub fn clear(&mut self) -> usize {
+        let mut dropped = self.queued;
+        for lane in &mut self.lanes {
+            lane.queue.clear();
+            lane.queue_cost = 0;
+            let keep = usize::from(lane.in_flight);
+            dropped += lane
+                .batches
+                .iter()
+                .skip(keep)
+                .map(|b| b.hits.len())
+                .sum::<usize>();
+            lane.batches.truncate(keep);
+        }
+        self.queued = 0;
+        self.queued_bytes = 0;
+        dropped
+    }
+
     /// Records Matomo's answer to the call in flight in `lane`.
     pub fn answer(&mut self, lane: usize, answer: Answer, now: Duration) -> Option<Outcome> {
         let (draining, retry_window) = (self.draining, self.settings.retry_window);
@@ -618,6 +639,17 @@ mod tests {
                 reason: "401".into()
             })
         );
+    }
+
+    #[test]
+    fn clearing_drops_all_but_the_calls_in_flight() {
+        let mut l = lanes(1, 10);
+        push(&mut l, &["?a", "?b", "?c"]);
+        l.poll(secs(0.0)).unwrap();
+        assert_eq!(l.clear(), 2);
+        assert_eq!(l.pending(), 1);
+        l.answer(0, accepted(), secs(0.0));
+        assert!(l.is_idle());
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub fn read_answer(status: Option<u32>, body: &[u8], timed_out: bool) -> Answer 
             Answer::Accepted { invalid }
         }
         Some(s @ (408 | 429 | 500..=599)) => Answer::Failed {
-            reason: format!("Matomo answered {s}"),
+            reason: match envoy_reply(body) {
+                Some(why) => format!("Matomo unreachable (Envoy answered {s}: {why})"),
+                None => format!("Matomo answered {s}"),
+            },
             timed_out: false,
         },
         Some(413) => Answer::Split("Matomo's web server answered 413 (body too large)".into()),
@@ -96,6 +99,14 @@ pub fn read_answer(status: Option<u32>, body: &[u8], timed_out: bool) -> Answer 
         )),
         Some(s) => Answer::Refused(format!("Matomo answered {s}")),
     }
+}
+
+/// The text of a reply Envoy made itself because it could not reach Matomo (`upstream connect
+/// error …`, `no healthy upstream`), which would otherwise read as Matomo's own 503.
+fn envoy_reply(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body.get(..body.len().min(300))?).ok()?;
+    (text.starts_with("upstream connect error") || text.starts_with("no healthy upstream"))
+        .then(|| text.trim_end())
 }
 
 /// The API call the filter makes at start when it has a token: one `API.getBulkRequest` that
@@ -125,6 +136,11 @@ pub fn site_check_body(token: &Secret, sites: &[u64]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SiteCheck {
     Ok,
+    /// Matomo refused the token itself. Matomo counts every call with it as a failed login from
+    /// the proxy's address and blocks that address after 20 in an hour (its brute-force
+    /// protection, which then also refuses calls with a good token), so the filter stops using
+    /// it.
+    TokenRefused(String),
     /// Something to fix; the text says what and how.
     Wrong(String),
     /// Matomo could not be asked (down, 5xx): try again later.
@@ -136,7 +152,7 @@ pub fn read_site_check(status: Option<u32>, body: &[u8], sites: &[u64]) -> SiteC
     let json: serde_json::Value = match status {
         None => return SiteCheck::Unreachable("no response".into()),
         Some(401) => {
-            return SiteCheck::Wrong(
+            return SiteCheck::TokenRefused(
                 "Matomo refused the token (invalid or expired): create a new one under \
                  Administration > Personal > Security and set token_auth"
                     .into(),
@@ -245,6 +261,10 @@ mod tests {
                 ..
             }
         ));
+        assert!(matches!(
+            read_answer(Some(503), b"upstream connect error or disconnect/reset before headers. reset reason: connection failure", false),
+            Answer::Failed { reason, .. } if reason.starts_with("Matomo unreachable (Envoy answered 503: upstream connect")
+        ));
         for s in [408, 429, 500, 502, 503, 504] {
             assert!(
                 matches!(read_answer(Some(s), b"", false), Answer::Failed { .. }),
@@ -316,7 +336,7 @@ mod tests {
         ));
         assert!(matches!(
             check(Some(401), "<html>".into()),
-            SiteCheck::Wrong(m) if m.contains("refused the token")
+            SiteCheck::TokenRefused(m) if m.contains("refused the token")
         ));
         assert!(matches!(
             check(None, String::new()),

@@ -34,6 +34,10 @@ const MAX_ANSWER: usize = 64 * 1024;
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// How soon the start-up check of site and token is tried again when Matomo could not answer.
 const SITE_CHECK_RETRY: Duration = Duration::from_secs(30);
+/// How often a refused token is tried again, and a batch found wholly invalid checked: each
+/// call with a refused token is a failed login to Matomo, which blocks the proxy's address
+/// after 20 in an hour.
+const SITE_RECHECK: Duration = Duration::from_secs(600);
 
 pub struct Root {
     tracker: Option<Rc<RefCell<Tracker>>>,
@@ -58,6 +62,11 @@ struct Delivery {
     calls: HashMap<u32, Call>,
     /// When to check site and token with Matomo's API; `None`: done, or no token to check.
     site_check: Option<Duration>,
+    /// When the last check was made: a batch found wholly invalid checks again after
+    /// [`SITE_RECHECK`].
+    site_checked: Option<Duration>,
+    /// The check found the token refused: nothing is sent until a check passes again.
+    token_refused: bool,
 }
 
 enum Call {
@@ -99,6 +108,20 @@ impl Root {
         d.collect(tracker, &mut self.trouble_log, now);
         if d.leading {
             d.check_site(tracker, now);
+            if d.token_refused {
+                let dropped = d.lanes.clear();
+                if dropped > 0 {
+                    tracker.counters.dropped(Dropped::Refused, dropped as u64);
+                    if let Some(held) = self.trouble_log.allow(now) {
+                        log::error!(
+                            "Matomo refused the token at the last check: dropped {dropped} hits \
+                             instead of sending them (each call would be a failed login that gets \
+                             this proxy's address blocked); fix token_auth ({held} similar lines \
+                             held back)"
+                        );
+                    }
+                }
+            }
             if let Some(gauge) = self.queued_gauge {
                 host::record_metric(gauge, d.lanes.pending() as u64);
             }
@@ -273,6 +296,7 @@ impl Delivery {
         }
         let body = site_check_body(token, &[s.hits.id_site()]);
         self.site_check = Some(now + SITE_CHECK_RETRY);
+        self.site_checked = Some(now);
         match dispatch(
             s,
             &s.tracker.api_path,
@@ -425,7 +449,16 @@ impl Context for Root {
                 match read_site_check(status, &body, &[site]) {
                     SiteCheck::Ok => {
                         d.site_check = None;
+                        d.token_refused = false;
                         log::info!("Matomo: site {site} exists and the token may track it");
+                    }
+                    SiteCheck::TokenRefused(what) => {
+                        d.site_check = Some(now + SITE_RECHECK);
+                        d.token_refused = true;
+                        log::error!(
+                            "Matomo: {what}; no hit is sent with it (checking again in {:?})",
+                            SITE_RECHECK
+                        );
                     }
                     SiteCheck::Wrong(what) => {
                         d.site_check = None;
@@ -565,6 +598,8 @@ impl RootContext for Root {
             leading: false,
             calls: HashMap::new(),
             site_check: settings.token_auth.is_some().then_some(now),
+            site_checked: None,
+            token_refused: false,
         });
         let seed = u64::try_from(now.as_nanos()).unwrap_or(1) ^ self.id;
         self.tracker = Some(Rc::new(RefCell::new(Tracker::new(settings, seed))));
