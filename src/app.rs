@@ -5,6 +5,7 @@
 use serde_json::Value;
 
 use crate::caps;
+use crate::classify::TrackAs;
 use crate::text::truncate;
 
 /// The hit parameters an app may set, by their names in Matomo's Tracking API.
@@ -35,6 +36,8 @@ pub struct AppParams {
     pub cvar: Vec<(String, String)>,
     /// The app asked not to track this request (`x-matomo-ignore: 1`).
     pub ignore: bool,
+    /// What the app says this request is (`x-matomo-track-as: pageview|event|download|ignore`).
+    pub track_as: Option<TrackAs>,
     /// Headers with the prefix that were refused (unknown, reserved or malformed, or past
     /// [`caps::APP_HEADERS`]).
     pub refused: u64,
@@ -66,6 +69,10 @@ impl AppParams {
                 true
             }
             "cvar" => self.add_cvar(value),
+            "track_as" => {
+                self.track_as = TrackAs::parse(value);
+                self.track_as.is_some()
+            }
             "pf_srv" | "e_v" | "revenue" | "search_count" | "idgoal" => {
                 is_number(value) && self.set(key, value)
             }
@@ -226,6 +233,16 @@ mod tests {
         let many: Vec<(&str, &str)> = (0..100).map(|_| ("e-a", "x")).collect();
         let app = read(&many);
         assert_eq!(app.refused, 100 - caps::APP_HEADERS as u64);
+    }
+
+    #[test]
+    fn the_app_can_say_what_its_response_is() {
+        assert_eq!(
+            read(&[("track-as", "Event")]).track_as,
+            Some(TrackAs::Event)
+        );
+        let app = read(&[("track-as", "page")]);
+        assert_eq!((app.track_as, app.refused), (None, 1));
     }
 
     #[test]

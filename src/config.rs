@@ -11,9 +11,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::actions::{ActionRules, RawActionRule};
+use crate::classify::{ApiAs, KindOptions};
 use crate::error::ConfigError;
 use crate::hit::{is_visitor_id, HitOptions, HitTemplate, RouteDetails};
-use crate::privacy::QueryFilter;
+use crate::identity::VisitorKey;
+use crate::privacy::{is_campaign_param, QueryFilter};
 use crate::rules::Rules;
 
 /// Configuration as written by the user. Option names of flask-matomo2 are the keys,
@@ -74,6 +76,33 @@ struct RawConfig {
     cid_header: Option<String>,
     #[serde(default)]
     bots: bool,
+    /// Every tracked request a pageview, as the seed middlewares did.
+    #[serde(default)]
+    every_request_a_pageview: bool,
+    #[serde(default)]
+    api_requests_as: ApiRequestsAs,
+    #[serde(default = "default_api_event_category")]
+    api_event_category: String,
+    #[serde(default = "yes")]
+    track_downloads: bool,
+    #[serde(default)]
+    assets_as_downloads: bool,
+    #[serde(default = "yes")]
+    error_page_titles: bool,
+    #[serde(default)]
+    status_dimension: Option<Dimension>,
+    #[serde(default)]
+    method_dimension: Option<Dimension>,
+    #[serde(default)]
+    status_and_method_custom_variables: bool,
+    /// Without a token, hits carry a daily visitor id keyed with this secret.
+    #[serde(default)]
+    visitor_id_secret: Option<String>,
+    #[serde(default)]
+    visitor_id_secret_env: Option<String>,
+    /// Take the visitor id of Matomo's JavaScript tracker from its `_pk_id` cookie.
+    #[serde(default)]
+    read_visitor_cookie: bool,
     /// Also track requests the app never answered: local replies of Envoy itself or of a
     /// filter in front (RBAC, rate limits, jwt_authn, ext_authz), and requests left unanswered.
     #[serde(default)]
@@ -88,6 +117,22 @@ struct RawConfig {
     dimension_headers: BTreeMap<String, Dimension>,
 }
 
+/// What an API or data response becomes (see classify.rs).
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+enum ApiRequestsAs {
+    #[default]
+    Event,
+    Pageview,
+    Ignore,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_api_event_category() -> String {
+    "API".to_owned()
+}
 fn default_cluster() -> String {
     "matomo".to_owned()
 }
@@ -229,7 +274,7 @@ impl Settings {
             }
             ConfigError::new(key, message)
         })?;
-        let mut settings = raw.compile(env)?;
+        let mut settings = raw.compile(env, bytes)?;
         settings.fingerprint = fnv64(bytes);
         Ok(settings)
     }
@@ -243,10 +288,12 @@ fn fnv64(bytes: &[u8]) -> u64 {
 }
 
 /// Keys whose values errors never quote: the token, and where a token is pasted by mistake.
-const SECRET_PRONE: [&str; 8] = [
+const SECRET_PRONE: [&str; 10] = [
     "token_auth",
     "access_token",
     "token_auth_env",
+    "visitor_id_secret",
+    "visitor_id_secret_env",
     "matomo_url",
     "base_url",
     "cid",
@@ -269,7 +316,13 @@ fn strip_position(message: &str) -> String {
 }
 
 impl RawConfig {
-    fn compile(self, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    /// `config_bytes`: the plugin JSON as given, from which a visitor id key is derived when no
+    /// secret is.
+    fn compile(
+        self,
+        env: impl Fn(&str) -> Option<String>,
+        config_bytes: &[u8],
+    ) -> Result<Settings, ConfigError> {
         let tracker = parse_matomo_url(&self.matomo_url)?;
         if self.id_site.0 == 0 {
             return Err(ConfigError::new("id_site", "must be a positive integer"));
@@ -277,28 +330,13 @@ impl RawConfig {
         if self.matomo_cluster.is_empty() {
             return Err(ConfigError::new("matomo_cluster", "must not be empty"));
         }
-        let token_auth = match (self.token_auth, self.token_auth_env) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::new(
-                    "token_auth_env",
-                    "give either token_auth or token_auth_env, not both",
-                ))
-            }
-            (None, Some(name)) if !is_env_name(&name) => {
-                return Err(ConfigError::new(
-                    "token_auth_env",
-                    "must name an environment variable (letters, digits and _, not starting \
-                     with a digit); put the token itself in that variable (value not shown)",
-                ))
-            }
-            (None, Some(name)) => Some(env(&name).ok_or_else(|| {
-                ConfigError::new(
-                    "token_auth_env",
-                    format!("the VM environment has no variable {name:?}"),
-                )
-            })?),
-            (token, None) => token,
-        };
+        let token_auth = secret("token_auth", self.token_auth, self.token_auth_env, &env)?;
+        let visitor_secret = secret(
+            "visitor_id_secret",
+            self.visitor_id_secret,
+            self.visitor_id_secret_env,
+            &env,
+        )?;
         let token_auth = match token_auth {
             Some(t) if t.is_empty() => {
                 return Err(ConfigError::new(
@@ -354,6 +392,18 @@ impl RawConfig {
             let details = RouteDetails::new(&format!("routes_details.{path}"), params)?;
             routes.insert(path, details);
         }
+        for (i, name) in self.strip_query_params.iter().enumerate() {
+            if is_campaign_param(name) {
+                return Err(ConfigError::new(
+                    format!("strip_query_params[{i}]"),
+                    format!(
+                        "{name:?} is one of Matomo's campaign parameters (mtm_*, pk_*, utm_*, \
+                         matomo_*, piwik_*, _rcn, _rck): stripping it would make every campaign \
+                         visit a direct one"
+                    ),
+                ));
+            }
+        }
         let query_filter = match (self.keep_query_params, self.strip_query_params.is_empty()) {
             (Some(_), false) => {
                 return Err(ConfigError::new(
@@ -374,18 +424,33 @@ impl RawConfig {
                 ),
             ));
         }
-        for (key, set) in [
-            ("cid", self.cid.is_some()),
-            ("cid_header", self.cid_header.is_some()),
-        ] {
-            if set && token_auth.is_none() {
-                return Err(ConfigError::new(
-                    key,
-                    "Matomo honours a forced visitor id only with token_auth",
-                ));
-            }
+        if let Some(s) = visitor_secret.as_deref().filter(|s| s.len() < 16) {
+            return Err(ConfigError::new(
+                "visitor_id_secret",
+                format!(
+                    "must be at least 16 characters of random text, got {} (value not shown)",
+                    s.chars().count()
+                ),
+            ));
+        }
+        if self.api_event_category.trim().is_empty() {
+            return Err(ConfigError::new("api_event_category", "must not be empty"));
         }
         let mut warnings = Vec::new();
+        let visitor_key = match (&token_auth, &visitor_secret) {
+            // With a token Matomo recognises visitors by their address (`cip`) itself.
+            (Some(_), _) => None,
+            (None, Some(secret)) => Some(VisitorKey::derive(secret.as_bytes())),
+            (None, None) => {
+                warnings.push(
+                    "no visitor_id_secret: visitor ids are keyed with the plugin configuration, \
+                     which whoever knows it could use to match ids against guessed client \
+                     addresses; set visitor_id_secret_env to a random secret shared by every proxy"
+                        .to_owned(),
+                );
+                Some(VisitorKey::derive(config_bytes))
+            }
+        };
         if self.cid_header.is_some() && token_auth.is_some() {
             warnings.push(
                 "cid_header is set with a token: Matomo takes the visitor id from that request \
@@ -420,6 +485,23 @@ impl RawConfig {
                 query_filter,
                 cid: self.cid,
                 bots: self.bots,
+                kinds: KindOptions {
+                    every_request_a_pageview: self.every_request_a_pageview,
+                    api_requests_as: match self.api_requests_as {
+                        ApiRequestsAs::Event => ApiAs::Event,
+                        ApiRequestsAs::Pageview => ApiAs::Pageview,
+                        ApiRequestsAs::Ignore => ApiAs::Ignore,
+                    },
+                    track_downloads: self.track_downloads,
+                    assets_as_downloads: self.assets_as_downloads,
+                    error_page_titles: self.error_page_titles,
+                },
+                api_event_category: self.api_event_category,
+                status_dimension: self.status_dimension.map(|Dimension(n)| n),
+                method_dimension: self.method_dimension.map(|Dimension(n)| n),
+                status_and_method_custom_variables: self.status_and_method_custom_variables,
+                visitor_key,
+                read_visitor_cookie: self.read_visitor_cookie,
             },
         );
         Ok(Settings {
@@ -435,6 +517,36 @@ impl RawConfig {
             warnings,
             fingerprint: 0,
         })
+    }
+}
+
+/// A secret given inline (`key`) or by the name of a VM environment variable (`key_env`), so it
+/// can live in a Kubernetes Secret (Envoy `vm_config.environment_variables`, Istio
+/// `vmConfig.env`).
+fn secret(
+    key: &str,
+    inline: Option<String>,
+    env_name: Option<String>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    let env_key = format!("{key}_env");
+    match (inline, env_name) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            env_key,
+            format!("give either {key} or {key}_env, not both"),
+        )),
+        (None, Some(name)) if !is_env_name(&name) => Err(ConfigError::new(
+            env_key,
+            "must name an environment variable (letters, digits and _, not starting with a \
+             digit); put the secret itself in that variable (value not shown)",
+        )),
+        (None, Some(name)) => env(&name).map(Some).ok_or_else(|| {
+            ConfigError::new(
+                env_key,
+                format!("the VM environment has no variable {name:?}"),
+            )
+        }),
+        (inline, None) => Ok(inline),
     }
 }
 
@@ -838,8 +950,6 @@ mod tests {
     fn bad_app_identity_naming_and_privacy_values_name_the_key() {
         for (extra, key) in [
             (r#""token_auth":"t","cid":"xyz""#, "cid"),
-            (r#""cid":"0123456789abcdef""#, "cid"),
-            (r#""cid_header":"x-v""#, "cid_header"),
             (r#""uid_header":"""#, "uid_header"),
             (r#""dimension_headers":{"x-t":0}"#, "dimension_headers.x-t"),
             (
@@ -996,7 +1106,57 @@ mod tests {
         let s = parse(&with(r#""token_auth":"t","cid_header":"x-visitor""#)).unwrap();
         assert_eq!(s.warnings.len(), 1);
         assert!(s.warnings[0].contains("cid_header"));
-        assert!(parse(&with("")).unwrap().warnings.is_empty());
+        assert!(parse(&with(r#""token_auth":"t""#))
+            .unwrap()
+            .warnings
+            .is_empty());
+    }
+
+    #[test]
+    fn without_a_token_visitor_ids_are_keyed_and_a_missing_secret_is_said() {
+        let s = parse(&with("")).unwrap();
+        assert!(
+            s.warnings.iter().any(|w| w.contains("visitor_id_secret")),
+            "{:?}",
+            s.warnings
+        );
+        let s = parse(&with(r#""visitor_id_secret":"0123456789abcdef-long""#)).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        assert_eq!(
+            err(&with(r#""visitor_id_secret":"short""#)).key,
+            "visitor_id_secret"
+        );
+        let env = |name: &str| (name == "VID").then(|| "from-the-env-0123456789".to_owned());
+        let json = with(r#""visitor_id_secret_env":"VID""#);
+        assert!(Settings::from_json_with_env(json.as_bytes(), env).is_ok());
+        // cid and cid_header no longer need a token: Matomo 5 honours cid without one.
+        assert!(parse(&with(r#""cid":"0123456789abcdef","cid_header":"x-v""#)).is_ok());
+    }
+
+    #[test]
+    fn kind_options_are_read_and_campaign_parameters_are_never_stripped() {
+        assert!(parse(&with(
+            r#""every_request_a_pageview":true,"api_requests_as":"pageview","api_event_category":"Backend",
+               "track_downloads":false,"assets_as_downloads":true,"error_page_titles":false,
+               "status_dimension":4,"method_dimension":"dimension5","status_and_method_custom_variables":true,
+               "read_visitor_cookie":true"#
+        ))
+        .is_ok());
+        assert_eq!(
+            err(&with(r#""api_requests_as":"pageviews""#)).key,
+            "api_requests_as"
+        );
+        assert_eq!(
+            err(&with(r#""api_event_category":" ""#)).key,
+            "api_event_category"
+        );
+        let e = err(&with(r#""strip_query_params":["token","utm_source"]"#));
+        assert_eq!(e.key, "strip_query_params[1]");
+        assert!(e.message.contains("campaign"), "{e}");
+        assert_eq!(
+            err(&with(r#""routes_details":{"/a":{"track_as":"page"}}"#)).key,
+            "routes_details./a.track_as"
+        );
     }
 
     #[test]

@@ -13,11 +13,14 @@ use serde_json::Value;
 
 use crate::actions::ActionRules;
 use crate::caps;
+use crate::classify::{Kind, KindOptions, TrackAs};
 use crate::error::ConfigError;
+use crate::identity::VisitorKey;
 use crate::privacy::QueryFilter;
 use crate::request::RequestFacts;
 use crate::text::{
-    cut, is_plain_param_name, percent_decode_lossy, push_encoded, push_number, truncate_cow,
+    cut, encode_uri_component, is_plain_param_name, percent_decode_lossy, push_encoded,
+    push_number, truncate_cow,
 };
 
 /// Parameters the filter sets itself; config may not override them.
@@ -30,6 +33,8 @@ pub struct RouteDetails {
     params: Vec<(String, String)>,
     /// `cvar` entries (name, value) appended after the filter's own.
     cvar: Vec<(String, String)>,
+    /// `track_as`: what these requests become, whatever the response (not sent to Matomo).
+    pub track_as: Option<TrackAs>,
 }
 
 impl RouteDetails {
@@ -51,6 +56,16 @@ impl RouteDetails {
                     "is set by the filter and cannot be overridden",
                 ));
             }
+            if key == "track_as" {
+                let parsed = value.as_str().and_then(TrackAs::parse);
+                details.track_as = Some(parsed.ok_or_else(|| {
+                    ConfigError::new(
+                        at,
+                        "must be \"pageview\", \"event\", \"download\" or \"ignore\"",
+                    )
+                })?);
+                continue;
+            }
             if key == "cvar" {
                 let Value::Object(entries) = value else {
                     return Err(ConfigError::new(at, "must be an object of name to value"));
@@ -68,6 +83,12 @@ impl RouteDetails {
                 .push((key, String::from_utf8_lossy(&encoded).into_owned()));
         }
         Ok(details)
+    }
+
+    /// The action name these details set, decoded.
+    pub fn name(&self) -> Option<String> {
+        self.param("action_name")
+            .map(|v| percent_decode_lossy(v).into_owned())
     }
 
     /// The encoded value of a parameter, if these details set it.
@@ -88,6 +109,13 @@ fn scalar(key: &str, value: Value) -> Result<String, ConfigError> {
     }
 }
 
+/// What the config says about a request's name and params (see [`HitTemplate::naming`]).
+#[derive(Default)]
+pub struct Naming<'a> {
+    pub details: Option<&'a RouteDetails>,
+    pub rule_name: Option<String>,
+}
+
 /// Per-site options of the hit, compiled from the config.
 #[derive(Default)]
 pub struct HitOptions {
@@ -100,6 +128,18 @@ pub struct HitOptions {
     /// A fixed visitor id (`cid`), 16 hex characters.
     pub cid: Option<String>,
     pub bots: bool,
+    /// What responses become (classify.rs).
+    pub kinds: KindOptions,
+    pub api_event_category: String,
+    /// Action-scope custom dimensions that get the status and the method.
+    pub status_dimension: Option<u16>,
+    pub method_dimension: Option<u16>,
+    /// Status and method as custom variables 1 and 2 (a plugin a default Matomo 4+ lacks).
+    pub status_and_method_custom_variables: bool,
+    /// Without a token: the key of the daily visitor id (identity.rs).
+    pub visitor_key: Option<VisitorKey>,
+    /// Take the JavaScript tracker's visitor id from its `_pk_id` cookie.
+    pub read_visitor_cookie: bool,
 }
 
 /// The constant part of every hit and the per-site options.
@@ -113,6 +153,7 @@ pub struct HitTemplate {
 }
 
 /// A parameter value, written straight into the hit.
+#[derive(Clone)]
 enum Val<'a> {
     /// Text, percent-encoded when written.
     Raw(Cow<'a, str>),
@@ -157,6 +198,10 @@ impl<'a> Params<'a> {
             Some(slot) => slot.1 = value,
             None => self.0.push((key, value)),
         }
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.0.retain(|(k, _)| k != key);
     }
 
     fn raw(&mut self, key: &'a str, value: impl Into<Cow<'a, str>>) {
@@ -214,24 +259,89 @@ impl HitTemplate {
         self.options.routes.get(path)
     }
 
-    /// The hit for one request: a query string with only URL-safe characters, ready to be put
-    /// into a JSON string without escaping, stored at its own length; true when a value was
-    /// cut to Matomo's limits (the request's own caps are in `req.truncated`).
-    pub fn encode(&self, req: &RequestFacts, rand: u32) -> (String, bool) {
+    /// The exact `routes_details` entry for a path (no query), else the first action rule
+    /// matching it, with the rule's expanded action name. Found once per request: the tracker
+    /// reads its `track_as`, the encoder its name and params.
+    pub fn naming<'a>(&'a self, path_only: &str) -> Naming<'a> {
+        match self.options.routes.get(path_only) {
+            Some(route) => Naming {
+                details: Some(route),
+                rule_name: None,
+            },
+            None => match self
+                .options
+                .action_rules
+                .find(cut(path_only, caps::RULES_PATH).0)
+            {
+                Some((name, details)) => Naming {
+                    details: Some(details),
+                    rule_name: Some(name),
+                },
+                None => Naming::default(),
+            },
+        }
+    }
+
+    pub fn kinds(&self) -> &KindOptions {
+        &self.options.kinds
+    }
+
+    /// The hit for one request, as `kind`: a query string with only URL-safe characters, ready
+    /// to be put into a JSON string without escaping, stored at its own length; true when a
+    /// value was cut to Matomo's limits (the request's own caps are in `req.truncated`).
+    pub fn encode(
+        &self,
+        req: &RequestFacts,
+        kind: Kind,
+        naming: &Naming,
+        rand: u32,
+    ) -> (String, bool) {
         let o = &self.options;
         let path_only = req.path_only();
         let mut p = Params(Vec::with_capacity(24));
         let mut truncated = false;
+        let (details, rule_name) = (naming.details, &naming.rule_name);
 
         // The filter's own.
         p.push("rand", Val::Number(rand.into()));
         let (url, cut_url) = self.url(req);
         truncated |= cut_url;
+        if kind == Kind::Download {
+            p.push("download", url.clone());
+        }
         p.push("url", url);
-        let (name, cut_name) =
-            truncate_cow(percent_decode_lossy(path_only), caps::MATOMO_TEXT, false);
+        // The action's name: the app's, else the config's, else the decoded path.
+        let name = match (
+            req.app.get("action_name"),
+            details.and_then(|d| d.name()),
+            &rule_name,
+        ) {
+            (Some(app), _, _) => Cow::Borrowed(app),
+            (None, Some(configured), _) => Cow::Owned(configured),
+            (None, None, Some(rule)) => Cow::Borrowed(rule.as_str()),
+            (None, None, None) => percent_decode_lossy(path_only),
+        };
+        let (name, cut_name) = truncate_cow(name, caps::MATOMO_TEXT, false);
         truncated |= cut_name;
-        p.push("action_name", Val::Raw(name));
+        match kind {
+            Kind::Pageview => p.push("action_name", Val::Raw(name)),
+            Kind::ErrorPage => {
+                let (title, cut_title) = self.error_title(req);
+                truncated |= cut_title;
+                p.push("action_name", Val::Raw(title.into()));
+            }
+            Kind::Event => {
+                p.push("e_c", Val::Raw(o.api_event_category.as_str().into()));
+                let action = if req.status >= 400 {
+                    format!("{} {}", req.method, req.status)
+                } else {
+                    req.method.clone()
+                };
+                p.push("e_a", Val::Raw(action.into()));
+                p.push("e_n", Val::Raw(name));
+            }
+            Kind::Download | Kind::Ignore(_) => {}
+        }
         for (key, value) in [("ua", &req.user_agent), ("lang", &req.accept_language)] {
             if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
                 p.push(key, Val::Raw(v.into()));
@@ -249,49 +359,67 @@ impl HitTemplate {
         p.push("cdt", Val::Number(req.time_secs));
 
         // Identity.
-        if let Some(id) = req.cookie.as_deref().and_then(|c| self.visitor_id(c)) {
+        let cookie_id = match (o.read_visitor_cookie, req.cookie.as_deref()) {
+            (true, Some(cookie)) => self.visitor_id(cookie),
+            _ => None,
+        };
+        if let Some(id) = cookie_id {
             p.push("_id", Val::Raw(id.into()));
         }
         if let Some(uid) = req.uid.as_deref().filter(|v| !v.is_empty()) {
             p.push("uid", Val::Raw(uid.into()));
         }
-        if let Some(cid) = req
+        let given_cid = req
             .cid
             .as_deref()
             .filter(|c| is_visitor_id(c))
-            .or(o.cid.as_deref())
-        {
-            p.push("cid", Val::Raw(cid.into()));
+            .or(o.cid.as_deref());
+        match (given_cid, &o.visitor_key, &req.client_ip) {
+            (Some(cid), _, _) => p.push("cid", Val::Raw(cid.into())),
+            // The browser's own id, when read, joins the proxy's hits to its visits.
+            (None, Some(key), Some(ip)) if cookie_id.is_none() => {
+                let ua = req.user_agent.as_deref().unwrap_or_default();
+                let id = key.visitor_id(req.time_secs, ip, ua, self.id_site);
+                p.push("cid", Val::Raw(id.into()));
+            }
+            _ => {}
         }
         for (n, value) in &req.dimensions {
             p.set(format!("dimension{n}"), Val::Raw(value.as_str().into()));
+        }
+        if let Some(n) = o.status_dimension {
+            p.set(format!("dimension{n}"), Val::Number(req.status.into()));
+        }
+        if let Some(n) = o.method_dimension {
+            p.set(
+                format!("dimension{n}"),
+                Val::Raw(req.method.as_str().into()),
+            );
         }
         if o.bots {
             p.push("bots", Val::Encoded("1"));
         }
 
-        // Config: the exact route, else the first action rule.
-        let route = o.routes.get(path_only);
-        let rule = match route {
-            Some(_) => None,
-            None => o.action_rules.find(cut(path_only, caps::RULES_PATH).0),
-        };
-        let details = route.or(rule.as_ref().map(|(_, d)| *d));
-        if let Some((name, _)) = &rule {
-            let (name, cut_off) = cut(name, caps::MATOMO_TEXT);
-            truncated |= cut_off;
-            p.raw("action_name", name);
-        }
+        // Config: the exact route, else the first action rule; then the app's own, last.
         if let Some(d) = details {
             p.details(d);
         }
-
-        // The app's own, last.
         for (k, v) in &req.app.params {
             p.raw(k.as_str(), v.as_str());
         }
+        // A name set above belongs in e_n for an event, and nowhere for a download.
+        if kind != Kind::Pageview {
+            p.remove("action_name");
+            if kind == Kind::ErrorPage {
+                let (title, _) = self.error_title(req);
+                p.push("action_name", Val::Raw(title.into()));
+            }
+        }
 
-        p.set("cvar", Val::Bytes(self.cvar(req, details)));
+        let cvar = self.cvar(req, details);
+        if !cvar.is_empty() {
+            p.set("cvar", Val::Bytes(cvar));
+        }
         if o.with_client_ip {
             if let Some(ip) = &req.client_ip {
                 p.raw("cip", ip.as_str());
@@ -320,6 +448,23 @@ impl HitTemplate {
         (hit, truncated)
     }
 
+    /// Matomo's title for an error page, as its FAQ has the JavaScript tracker set it:
+    /// `404/URL = <path and query>/From = <referrer>`, both `encodeURIComponent`-encoded, so
+    /// the page titles group by status. Cut to what Matomo keeps; true when cut.
+    fn error_title(&self, req: &RequestFacts) -> (String, bool) {
+        let mut title = format!("{}/URL = ", req.status);
+        title.push_str(&encode_uri_component(
+            &self.options.query_filter.apply(&req.path),
+        ));
+        title.push_str("/From = ");
+        let referer = req.referer.as_deref().unwrap_or_default();
+        title.push_str(&encode_uri_component(
+            &self.options.query_filter.apply(referer),
+        ));
+        let cut_off = crate::text::truncate(&mut title, caps::MATOMO_TEXT, true);
+        (title, cut_off)
+    }
+
     /// `scheme://authority/raw-path?query`, or `base_url` + raw path and query, cut to what
     /// Matomo keeps; true when cut.
     fn url<'a>(&'a self, req: &'a RequestFacts) -> (Val<'a>, bool) {
@@ -342,20 +487,31 @@ impl HitTemplate {
         (Val::Joined(head, path), cut_off)
     }
 
-    /// Matomo's indexed custom variables: status and method first, then config's, then the app's.
+    /// Matomo's indexed custom variables (its CustomVariables plugin, which a default Matomo 4+
+    /// lacks): status and method first when asked, then config's, then the app's. Empty when
+    /// there are none.
     fn cvar(&self, req: &RequestFacts, details: Option<&RouteDetails>) -> Vec<u8> {
-        let mut cvar = Vec::with_capacity(80);
-        cvar.extend_from_slice(br#"{"1":["http_status_code",""#);
-        push_number(&mut cvar, req.status.into());
-        cvar.extend_from_slice(br#""],"2":["http_method","#);
-        push_json(&mut cvar, &req.method);
-        cvar.push(b']');
+        let status = req.status.to_string();
+        let own = [
+            ("http_status_code", status.as_str()),
+            ("http_method", &req.method),
+        ];
+        let own = own
+            .iter()
+            .take(if self.options.status_and_method_custom_variables {
+                2
+            } else {
+                0
+            });
         let extra = details
             .map_or(&[][..], |d| &d.cvar[..])
             .iter()
-            .chain(&req.app.cvar);
-        for (i, (name, value)) in (3u64..).zip(extra) {
-            cvar.extend_from_slice(b",\"");
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .chain(req.app.cvar.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        let mut cvar = Vec::with_capacity(80);
+        for (i, (name, value)) in (1u64..).zip(own.copied().chain(extra)) {
+            cvar.push(if i == 1 { b'{' } else { b',' });
+            cvar.push(b'"');
             push_number(&mut cvar, i);
             cvar.extend_from_slice(b"\":[");
             push_json(&mut cvar, name);
@@ -363,7 +519,9 @@ impl HitTemplate {
             push_json(&mut cvar, value);
             cvar.push(b']');
         }
-        cvar.push(b'}');
+        if !cvar.is_empty() {
+            cvar.push(b'}');
+        }
         cvar
     }
 
@@ -425,6 +583,17 @@ pub(crate) mod tests {
             .collect()
     }
 
+    impl HitTemplate {
+        /// The hit as a pageview, named as the config says.
+        fn page(&self, req: &RequestFacts, rand: u32) -> (String, bool) {
+            self.encode(req, Kind::Pageview, &self.naming(req.path_only()), rand)
+        }
+
+        fn as_kind(&self, req: &RequestFacts, kind: Kind) -> BTreeMap<String, String> {
+            decode(&self.encode(req, kind, &self.naming(req.path_only()), 1).0)
+        }
+    }
+
     fn req() -> RequestFacts {
         RequestFacts {
             method: "GET".into(),
@@ -470,7 +639,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_hit_carries_every_field() {
-        let hit = template(true).encode(&req(), 77).0;
+        let hit = template(true).page(&req(), 77).0;
         let p = decode(&hit);
         assert_eq!(p["idsite"], "3");
         assert_eq!(p["rec"], "1");
@@ -485,9 +654,9 @@ pub(crate) mod tests {
         assert_eq!(p["lang"], "fr-CH, fr;q=0.9, en;q=0.8");
         assert_eq!(p["urlref"], "https://ref.example/?a=1");
         assert_eq!(p["pf_srv"], "42");
-        assert_eq!(
-            p["cvar"],
-            r#"{"1":["http_status_code","200"],"2":["http_method","GET"]}"#
+        assert!(
+            !p.contains_key("cvar"),
+            "a default Matomo 4+ has no custom variables"
         );
         assert_eq!(p["cdt"], "1700000000");
         assert_eq!(p["cip"], "203.0.113.9");
@@ -495,11 +664,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn status_and_method_go_to_dimensions_or_custom_variables_when_asked() {
+        let t = with(HitOptions {
+            status_dimension: Some(4),
+            method_dimension: Some(5),
+            status_and_method_custom_variables: true,
+            ..Default::default()
+        });
+        let mut r = req();
+        r.status = 404;
+        r.method = "POST".into();
+        let p = decode(&t.page(&r, 1).0);
+        assert_eq!(
+            (p["dimension4"].as_str(), p["dimension5"].as_str()),
+            ("404", "POST")
+        );
+        assert_eq!(
+            p["cvar"],
+            r#"{"1":["http_status_code","404"],"2":["http_method","POST"]}"#
+        );
+    }
+
+    #[test]
     fn hits_use_only_url_and_json_safe_characters() {
         let mut r = req();
         r.user_agent = Some("\"quoted\" \\ <tag> \u{fffd} \n".into());
         r.method = "G\"ET".into();
-        let hit = template(true).encode(&r, 1).0;
+        let t = with(HitOptions {
+            status_and_method_custom_variables: true,
+            ..Default::default()
+        });
+        let hit = t.page(&r, 1).0;
         assert!(
             hit.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"?&=%-._~".contains(&b)),
@@ -513,7 +708,7 @@ pub(crate) mod tests {
 
     #[test]
     fn without_token_no_client_ip_is_sent() {
-        let p = decode(&template(false).encode(&req(), 1).0);
+        let p = decode(&template(false).page(&req(), 1).0);
         assert!(!p.contains_key("cip"));
     }
 
@@ -525,11 +720,10 @@ pub(crate) mod tests {
         r.referer = None;
         r.server_time_ms = None;
         r.status = 0;
-        let p = decode(&template(false).encode(&r, 1).0);
-        for key in ["ua", "lang", "urlref", "pf_srv"] {
+        let p = decode(&template(false).page(&r, 1).0);
+        for key in ["ua", "lang", "urlref", "pf_srv", "cvar"] {
             assert!(!p.contains_key(key), "{key}");
         }
-        assert!(p["cvar"].contains(r#"["http_status_code","0"]"#));
     }
 
     #[test]
@@ -538,11 +732,11 @@ pub(crate) mod tests {
             assume_https: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1).0);
+        let p = decode(&t.page(&req(), 1).0);
         assert!(p["url"].starts_with("https://shop.example:10000/"));
         let mut r = req();
         r.scheme = "https".into();
-        let p = decode(&template(false).encode(&r, 1).0);
+        let p = decode(&template(false).page(&r, 1).0);
         assert!(p["url"].starts_with("https://"));
     }
 
@@ -552,14 +746,14 @@ pub(crate) mod tests {
             base_url: Some("http://www.example/app".into()),
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1).0);
+        let p = decode(&t.page(&req(), 1).0);
         assert_eq!(p["url"], "http://www.example/app/users/a%20b?q=x%26y&z=1");
         let t = with(HitOptions {
             base_url: Some("http://www.example".into()),
             assume_https: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1).0);
+        let p = decode(&t.page(&req(), 1).0);
         assert_eq!(p["url"], "https://www.example/users/a%20b?q=x%26y&z=1");
     }
 
@@ -570,14 +764,14 @@ pub(crate) mod tests {
             routes: routes("/users/a%20b", details),
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1).0);
+        let p = decode(&t.page(&req(), 1).0);
         assert_eq!(p["action_name"], "Users");
         assert_eq!(p["e_a"], "listing");
         assert_eq!(p["e_v"], "3");
         assert_eq!(p["ua"], "x");
         let mut other = req();
         other.path = "/other".into();
-        let p = decode(&t.encode(&other, 1).0);
+        let p = decode(&t.page(&other, 1).0);
         assert_eq!(p["action_name"], "/other");
         assert!(!p.contains_key("e_a"));
     }
@@ -586,15 +780,25 @@ pub(crate) mod tests {
     fn routes_details_cvar_is_indexed_after_status_and_method() {
         let details = route(r#"{"cvar":{"team":"web","tier":2}}"#);
         let t = with(HitOptions {
-            routes: routes("/users/a%20b", details),
+            routes: routes("/users/a%20b", details.clone()),
+            status_and_method_custom_variables: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&req(), 1).0);
+        let p = decode(&t.page(&req(), 1).0);
         let cvar: Value = serde_json::from_str(&p["cvar"]).unwrap();
         assert_eq!(
             cvar,
             serde_json::json!({"1":["http_status_code","200"],"2":["http_method","GET"],
                                "3":["team","web"],"4":["tier","2"]})
+        );
+        let t = with(HitOptions {
+            routes: routes("/users/a%20b", details),
+            ..Default::default()
+        });
+        let cvar: Value = serde_json::from_str(&decode(&t.page(&req(), 1).0)["cvar"]).unwrap();
+        assert_eq!(
+            cvar,
+            serde_json::json!({"1":["team","web"],"2":["tier","2"]})
         );
     }
 
@@ -626,10 +830,16 @@ pub(crate) mod tests {
         let t = with(HitOptions {
             cid: Some("0000000000000001".into()),
             bots: true,
+            read_visitor_cookie: true,
             ..Default::default()
         });
-        let p = decode(&t.encode(&r, 1).0);
+        let p = decode(&t.page(&r, 1).0);
         assert_eq!(p["_id"], "0123456789abcdef", "the cookie of this site only");
+        let not_asked = decode(&template(false).page(&r, 1).0);
+        assert!(
+            !not_asked.contains_key("_id"),
+            "the cookie is read only when asked"
+        );
         assert_eq!(p["uid"], "alice@example.com");
         assert_eq!(
             p["cid"], "fedcba9876543210",
@@ -641,10 +851,10 @@ pub(crate) mod tests {
 
         r.cid = Some("not-a-visitor-id".into());
         r.cookie = Some("_pk_id.3.1fff=short.1".into());
-        let p = decode(&t.encode(&r, 1).0);
+        let p = decode(&t.page(&r, 1).0);
         assert_eq!(p["cid"], "0000000000000001");
         assert!(!p.contains_key("_id"));
-        let p = decode(&template(false).encode(&req(), 1).0);
+        let p = decode(&template(false).page(&req(), 1).0);
         for key in ["_id", "uid", "cid", "bots"] {
             assert!(!p.contains_key(key), "{key}");
         }
@@ -664,7 +874,7 @@ pub(crate) mod tests {
             routes: routes("/users/7", details),
             ..Default::default()
         });
-        let hit = t.encode(&r, 1).0;
+        let hit = t.page(&r, 1).0;
         let p = decode(&hit);
         assert_eq!(p["e_a"], "app-action");
         assert_eq!(p["e_c"], "route-cat");
@@ -672,8 +882,81 @@ pub(crate) mod tests {
         assert_eq!(p["pf_srv"], "5");
         assert_eq!(hit.matches("&e_a=").count(), 1, "{hit}");
         let cvar: Value = serde_json::from_str(&p["cvar"]).unwrap();
-        assert_eq!(cvar["3"], serde_json::json!(["route", "yes"]));
-        assert_eq!(cvar["4"], serde_json::json!(["app", "yes"]));
+        assert_eq!(cvar["1"], serde_json::json!(["route", "yes"]));
+        assert_eq!(cvar["2"], serde_json::json!(["app", "yes"]));
+    }
+
+    #[test]
+    fn events_downloads_and_error_pages_carry_matomo_s_own_fields() {
+        let t = with(HitOptions {
+            api_event_category: "API".into(),
+            routes: routes("/api/cart", route(r#"{"action_name":"Cart"}"#)),
+            ..Default::default()
+        });
+        let mut r = req();
+        r.path = "/api/cart?id=7".into();
+        r.method = "POST".into();
+        r.status = 422;
+        let p = t.as_kind(&r, Kind::Event);
+        assert_eq!(
+            (p["e_c"].as_str(), p["e_a"].as_str(), p["e_n"].as_str()),
+            ("API", "POST 422", "Cart")
+        );
+        assert!(!p.contains_key("action_name"));
+        r.status = 200;
+        assert_eq!(t.as_kind(&r, Kind::Event)["e_a"], "POST");
+
+        let mut r = req();
+        r.path = "/files/a%20b.pdf".into();
+        let p = t.as_kind(&r, Kind::Download);
+        assert_eq!(p["download"], "http://shop.example:10000/files/a%20b.pdf");
+        assert_eq!(p["url"], p["download"]);
+        assert!(!p.contains_key("action_name") && !p.contains_key("e_c"));
+
+        let mut r = req();
+        r.path = "/gone/x?y=1".into();
+        r.status = 404;
+        r.referer = Some("https://shop.example/list".into());
+        let p = t.as_kind(&r, Kind::ErrorPage);
+        assert_eq!(
+            p["action_name"],
+            "404/URL = %2Fgone%2Fx%3Fy%3D1/From = https%3A%2F%2Fshop.example%2Flist"
+        );
+        r.referer = None;
+        assert_eq!(
+            t.as_kind(&r, Kind::ErrorPage)["action_name"],
+            "404/URL = %2Fgone%2Fx%3Fy%3D1/From = "
+        );
+    }
+
+    #[test]
+    fn without_a_token_people_get_a_daily_visitor_id_of_their_own() {
+        let t = with(HitOptions {
+            visitor_key: Some(VisitorKey::derive(b"a secret of sixteen")),
+            ..Default::default()
+        });
+        let alice = decode(&t.page(&req(), 1).0);
+        let mut other = req();
+        other.client_ip = Some("198.51.100.1".into());
+        let bob = decode(&t.page(&other, 1).0);
+        assert_eq!(alice["cid"].len(), 16);
+        assert_ne!(alice["cid"], bob["cid"]);
+        let mut again = req();
+        again.path = "/elsewhere".into();
+        assert_eq!(decode(&t.page(&again, 1).0)["cid"], alice["cid"]);
+        // A browser id read from the cookie is the visitor, when asked for.
+        let t = with(HitOptions {
+            visitor_key: Some(VisitorKey::derive(b"a secret of sixteen")),
+            read_visitor_cookie: true,
+            ..Default::default()
+        });
+        let mut r = req();
+        r.cookie = Some("_pk_id.3.1=0123456789abcdef.1".into());
+        let p = decode(&t.page(&r, 1).0);
+        assert_eq!(
+            (p["_id"].as_str(), p.get("cid")),
+            ("0123456789abcdef", None)
+        );
     }
 
     #[test]
@@ -692,15 +975,15 @@ pub(crate) mod tests {
         });
         let mut r = req();
         r.path = "/users/42/orders?page=3".into();
-        let p = decode(&t.encode(&r, 1).0);
+        let p = decode(&t.page(&r, 1).0);
         assert_eq!(p["action_name"], "Users / orders");
         assert_eq!(p["e_c"], "orders");
         r.path = "/users/1/orders".into();
-        let p = decode(&t.encode(&r, 1).0);
+        let p = decode(&t.page(&r, 1).0);
         assert_eq!(p["action_name"], "Exact");
         assert!(!p.contains_key("e_c"));
         r.app.add("action-name", "From app");
-        assert_eq!(decode(&t.encode(&r, 1).0)["action_name"], "From app");
+        assert_eq!(decode(&t.page(&r, 1).0)["action_name"], "From app");
     }
 
     #[test]
@@ -712,7 +995,7 @@ pub(crate) mod tests {
             query_filter: QueryFilter::Strip(vec!["token".into(), "email".into()]),
             ..Default::default()
         });
-        let p = decode(&t.encode(&r, 1).0);
+        let p = decode(&t.page(&r, 1).0);
         assert_eq!(p["url"], "http://shop.example:10000/reset?step=2");
         assert_eq!(p["urlref"], "https://mail.example/?x=1");
         assert_eq!(p["action_name"], "/reset");

@@ -27,6 +27,9 @@ pub struct Seen {
     pub server_time: Option<Duration>,
     /// The response status, read with the response headers.
     pub status: Option<u32>,
+    /// The response's `content-type`, and whether it said `content-disposition: attachment`.
+    pub content_type: Option<String>,
+    pub attachment: bool,
     pub app: AppParams,
 }
 
@@ -37,6 +40,17 @@ impl Seen {
     pub fn read_response(&mut self, prefix: &str, remove: bool) {
         let headers = host::map(MapType::HttpResponseHeaders);
         self.status = headers.get(":status").and_then(|s| s.parse().ok());
+        self.content_type = headers
+            .get_capped("content-type", caps::TOKEN * 4, false)
+            .map(|(value, _)| value);
+        self.attachment = headers
+            .get_capped("content-disposition", caps::TOKEN, false)
+            .is_some_and(|(value, _)| {
+                value
+                    .trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("attachment")
+            });
         if prefix.is_empty() {
             return;
         }
@@ -191,6 +205,8 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         accept_language,
         referer,
         status: seen.status.unwrap_or(0),
+        content_type: seen.content_type,
+        attachment: seen.attachment,
         server_time_ms: seen
             .server_time
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),

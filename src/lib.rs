@@ -7,10 +7,12 @@
 pub mod actions;
 pub mod app;
 pub mod caps;
+pub mod classify;
 pub mod config;
 pub mod error;
 pub mod headers;
 pub mod hit;
+pub mod identity;
 pub mod lanes;
 pub mod leader;
 pub mod log_limit;

@@ -7,13 +7,24 @@ use std::borrow::Cow;
 
 use crate::text::{percent_decode_lossy, php_param_name};
 
+/// Matomo's campaign parameters: `keep_query_params` always keeps them and
+/// `strip_query_params` may not name them, or campaign visits would turn into direct ones.
+pub fn is_campaign_param(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["mtm_", "pk_", "utm_", "matomo_", "piwik_"]
+        .iter()
+        .any(|p| name.starts_with(p))
+        || name == "_rcn"
+        || name == "_rck"
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum QueryFilter {
     #[default]
     KeepAll,
     /// Drop these parameter names.
     Strip(Vec<String>),
-    /// Drop every parameter but these.
+    /// Drop every parameter but these (and Matomo's campaign parameters).
     Keep(Vec<String>),
 }
 
@@ -56,7 +67,7 @@ impl QueryFilter {
         match self {
             QueryFilter::KeepAll => true,
             QueryFilter::Strip(names) => !named(names),
-            QueryFilter::Keep(names) => named(names),
+            QueryFilter::Keep(names) => named(names) || is_campaign_param(&name),
         }
     }
 }
@@ -109,6 +120,17 @@ mod tests {
         let f = QueryFilter::Keep(vec!["page".into()]);
         assert_eq!(f.apply("/a?page=2&session=s&q=x"), "/a?page=2");
         assert_eq!(f.apply("/a?q=x"), "/a");
+    }
+
+    #[test]
+    fn keep_always_keeps_campaign_parameters() {
+        let f = QueryFilter::Keep(vec!["page".into()]);
+        assert_eq!(
+            f.apply("/a?page=2&session=s&mtm_campaign=x&UTM_source=y&pk_kwd=z&_rcn=c&piwik_x=1"),
+            "/a?page=2&mtm_campaign=x&UTM_source=y&pk_kwd=z&_rcn=c&piwik_x=1"
+        );
+        assert!(is_campaign_param("matomo_campaign"));
+        assert!(!is_campaign_param("campaign"));
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct RequestFacts {
     pub referer: Option<String>,
     /// Response status; 0 when no response was sent (the client went away first).
     pub status: u32,
+    /// The response's `content-type`, as sent.
+    pub content_type: Option<String>,
+    /// The response said `content-disposition: attachment`.
+    pub attachment: bool,
     /// Milliseconds from the request to the response headers.
     pub server_time_ms: Option<u64>,
     /// When the request arrived, in Unix seconds (Matomo's `cdt`).

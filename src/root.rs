@@ -311,17 +311,16 @@ impl Delivery {
     }
 }
 
-/// Starts a POST to Matomo on `matomo_cluster`; the reason when it cannot even start.
+/// Starts a POST to Matomo on `matomo_cluster`; the reason when it cannot even start. Matomo
+/// learns who calls from its access log's address; the body says nothing of the filter.
 fn dispatch(s: &Settings, path: &str, content_type: &str, body: &str) -> Result<u32, String> {
     let headers = vec![
         (":method", "POST"),
         (":path", path),
         (":authority", s.tracker.authority.as_str()),
         ("content-type", content_type),
-        (
-            "user-agent",
-            concat!("matomo-proxy-wasm/", env!("CARGO_PKG_VERSION")),
-        ),
+        // No user-agent: Matomo gives a hit without `ua` the bulk call's User-Agent, and a
+        // request that came without one must not be recorded as this filter's.
     ];
     hostcalls::dispatch_http_call(
         &s.matomo_cluster,

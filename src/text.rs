@@ -47,6 +47,20 @@ pub fn push_encoded(out: &mut Vec<u8>, s: &[u8]) {
     out.truncate(at);
 }
 
+/// `s` as JavaScript's `encodeURIComponent` writes it (which also leaves `!*'()` alone), for
+/// values that must match what Matomo's JavaScript tracker sends.
+pub fn encode_uri_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `s` percent-encoded, as an owned string (configure-time values).
 pub fn encoded(s: &str) -> String {
     let mut out = Vec::with_capacity(s.len() * 3);
@@ -198,6 +212,14 @@ mod tests {
         assert_eq!(encode("aZ09-._~"), "aZ09-._~");
         assert_eq!(encode("/ ?&=%\"é"), "%2F%20%3F%26%3D%25%22%C3%A9");
         assert_eq!(encode(""), "");
+    }
+
+    #[test]
+    fn uri_components_are_encoded_as_javascript_does() {
+        assert_eq!(
+            encode_uri_component("/a b?x=1&y=(ok)!*'~é"),
+            "%2Fa%20b%3Fx%3D1%26y%3D(ok)!*'~%C3%A9"
+        );
     }
 
     #[test]

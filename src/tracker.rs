@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::caps;
+use crate::classify::{classify, Kind, Response, Skip};
 use crate::config::Settings;
 use crate::hit::Rand;
 use crate::log_limit::LogLimit;
@@ -25,8 +26,10 @@ pub struct Tracker {
 /// What became of one finished request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracked {
-    Queued,
+    Queued(Kind),
     Ignored(Ignored),
+    /// What the response was made it nothing to track (classify.rs).
+    Skipped(Skip),
     /// The outbox was full: the hit is dropped and counted.
     QueueFull,
 }
@@ -91,14 +94,52 @@ impl Tracker {
             self.count_ignored(Ignored::App);
             return Tracked::Ignored(Ignored::App);
         }
-        let (hit, cut_off) = self.settings.hits.encode(facts, self.rand.next_u32());
+        let hits = &self.settings.hits;
+        let naming = hits.naming(facts.path_only());
+        let forced = facts
+            .app
+            .track_as
+            .or(naming.details.and_then(|d| d.track_as));
+        let response = Response {
+            status: facts.status,
+            content_type: facts.content_type.as_deref(),
+            attachment: facts.attachment,
+        };
+        let kind = classify(
+            &facts.method,
+            facts.path_only(),
+            response,
+            forced,
+            hits.kinds(),
+        );
+        let tracked = match kind {
+            Kind::Ignore(skip) => {
+                self.counters.add(
+                    match skip {
+                        Skip::Asset => Counter::IgnoredAsset,
+                        Skip::NoContent => Counter::IgnoredNoContent,
+                        Skip::Api => Counter::IgnoredApi,
+                        Skip::Download => Counter::IgnoredDownload,
+                        Skip::Asked => Counter::IgnoredAsked,
+                    },
+                    1,
+                );
+                return Tracked::Skipped(skip);
+            }
+            Kind::Pageview => Counter::TrackedPageview,
+            Kind::ErrorPage => Counter::TrackedErrorPage,
+            Kind::Download => Counter::TrackedDownload,
+            Kind::Event => Counter::TrackedEvent,
+        };
+        let (hit, cut_off) = hits.encode(facts, kind, &naming, self.rand.next_u32());
+        self.counters.add(tracked, 1);
         if cut_off || facts.truncated || facts.app.truncated {
             self.counters.add(Counter::HitsTruncated, 1);
         }
         // Every hit made counts; each is then sent, dropped (and counted so) or still queued.
         self.counters.add(Counter::RequestsTracked, 1);
         if self.outbox.push(visitor_key(facts), hit) {
-            Tracked::Queued
+            Tracked::Queued(kind)
         } else {
             self.counters.dropped(Dropped::QueueFull, 1);
             if let Some(held) = self.queue_full_log.allow(now) {
@@ -128,6 +169,8 @@ mod tests {
             method: "GET".into(),
             authority: "shop.example".into(),
             path: path.into(),
+            status: 200,
+            content_type: Some("text/html".into()),
             ..Default::default()
         }
     }
@@ -140,11 +183,18 @@ mod tests {
     fn a_tracked_request_is_counted_and_queued() {
         let mut t = tracker("");
         assert_eq!(t.ignored("GET", "/x?y=1", "h", None), None);
-        assert_eq!(t.track(&facts("/x?y=1"), Duration::ZERO), Tracked::Queued);
+        assert_eq!(
+            t.track(&facts("/x?y=1"), Duration::ZERO),
+            Tracked::Queued(Kind::Pageview)
+        );
         assert_eq!(crate::outbox::decode(&t.outbox.take_message()).count(), 1);
         assert_eq!(
             counts(&mut t),
-            [(Counter::RequestsSeen, 1), (Counter::RequestsTracked, 1)]
+            [
+                (Counter::RequestsSeen, 1),
+                (Counter::RequestsTracked, 1),
+                (Counter::TrackedPageview, 1)
+            ]
         );
     }
 
@@ -209,7 +259,7 @@ mod tests {
     fn a_truncated_hit_is_counted() {
         let mut t = tracker("");
         let mut f = facts(&format!("/{}", "a".repeat(2000)));
-        assert_eq!(t.track(&f, Duration::ZERO), Tracked::Queued);
+        assert_eq!(t.track(&f, Duration::ZERO), Tracked::Queued(Kind::Pageview));
         f.path = "/short".into();
         f.truncated = true;
         t.track(&f, Duration::ZERO);
@@ -217,19 +267,85 @@ mod tests {
         t.track(&f, Duration::ZERO);
         assert_eq!(
             counts(&mut t),
-            [(Counter::RequestsTracked, 3), (Counter::HitsTruncated, 2)]
+            [
+                (Counter::RequestsTracked, 3),
+                (Counter::TrackedPageview, 3),
+                (Counter::HitsTruncated, 2)
+            ]
         );
+    }
+
+    #[test]
+    fn a_request_becomes_what_its_response_is_counted_by_kind() {
+        let mut t = tracker(
+            r#","routes_details":{"/health":{"track_as":"ignore"},"/api/ping":{"track_as":"pageview"}}"#,
+        );
+        let mut with = |path: &str, status: u32, ct: &str| {
+            let mut f = facts(path);
+            f.status = status;
+            f.content_type = Some(ct.into());
+            t.track(&f, Duration::ZERO)
+        };
+        assert_eq!(with("/", 200, "text/html"), Tracked::Queued(Kind::Pageview));
+        assert_eq!(
+            with("/x", 404, "text/html"),
+            Tracked::Queued(Kind::ErrorPage)
+        );
+        assert_eq!(
+            with("/a.js", 200, "text/javascript"),
+            Tracked::Skipped(Skip::Asset)
+        );
+        assert_eq!(
+            with("/old", 301, "text/html"),
+            Tracked::Skipped(Skip::NoContent)
+        );
+        assert_eq!(
+            with("/api/cart", 200, "application/json"),
+            Tracked::Queued(Kind::Event)
+        );
+        assert_eq!(
+            with("/a.pdf", 200, "application/pdf"),
+            Tracked::Queued(Kind::Download)
+        );
+        assert_eq!(
+            with("/health", 200, "text/html"),
+            Tracked::Skipped(Skip::Asked)
+        );
+        assert_eq!(
+            with("/api/ping", 200, "application/json"),
+            Tracked::Queued(Kind::Pageview)
+        );
+        let mut f = facts("/");
+        f.app.add("track-as", "event");
+        assert_eq!(t.track(&f, Duration::ZERO), Tracked::Queued(Kind::Event));
+        let c: Vec<_> = counts(&mut t);
+        for (counter, n) in [
+            (Counter::RequestsTracked, 6),
+            (Counter::TrackedPageview, 2),
+            (Counter::TrackedErrorPage, 1),
+            (Counter::TrackedEvent, 2),
+            (Counter::TrackedDownload, 1),
+            (Counter::IgnoredAsset, 1),
+            (Counter::IgnoredNoContent, 1),
+            (Counter::IgnoredAsked, 1),
+        ] {
+            assert!(c.contains(&(counter, n)), "{counter:?} {n}: {c:?}");
+        }
     }
 
     #[test]
     fn a_full_queue_drops_and_counts() {
         let mut t = tracker(r#","queue_size":1,"batch_size":1"#);
-        assert_eq!(t.track(&facts("/a"), Duration::ZERO), Tracked::Queued);
+        assert_eq!(
+            t.track(&facts("/a"), Duration::ZERO),
+            Tracked::Queued(Kind::Pageview)
+        );
         assert_eq!(t.track(&facts("/b"), Duration::ZERO), Tracked::QueueFull);
         assert_eq!(
             counts(&mut t),
             [
                 (Counter::RequestsTracked, 2),
+                (Counter::TrackedPageview, 2),
                 (Counter::HitsDropped, 1),
                 (Counter::HitsDroppedQueueFull, 1)
             ]

@@ -291,7 +291,8 @@ def test_options_star_is_not_tracked(start_envoy, matomo):
 
 
 def test_every_cookie_header_is_searched_for_the_visitor_id(start_envoy, matomo):
-    envoy = start_envoy({**DEFAULTS, "batch_size": 1, "flush_interval": 0.05, "token_auth": "t"})
+    envoy = start_envoy({**DEFAULTS, "batch_size": 1, "flush_interval": 0.05, "token_auth": "t",
+                         "read_visitor_cookie": True})
     request = get(b"/c", [(b"cookie", b"a=1"), (b"cookie", b"_pk_id.1.abcd=0123456789abcdef.1700000000.")])
     assert one(envoy.port, request) == 200
     assert matomo.wait_for_hits(1)[0]["_id"] == "0123456789abcdef"

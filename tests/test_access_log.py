@@ -9,12 +9,13 @@ import json
 import time
 
 from tests.support.client import raw, request, response_headers
+from tests.support.traffic import settled_counters
 
 BASE = {"matomo_url": "http://matomo.test/", "id_site": 3, "flush_interval": 0.1}
 
 
 def test_a_hit_carries_every_field(start_envoy, matomo):
-    env = start_envoy(BASE, access_log=True)
+    env = start_envoy({**BASE, "status_dimension": 1, "method_dimension": 2}, access_log=True)
     before = time.time()
     status, _ = request(env.port, "/shop/caf%C3%A9?q=1", headers={
         "User-Agent": "Mozilla/5.0 (test)", "Accept-Language": "de-CH", "Referer": "https://ref.example/"})
@@ -23,18 +24,20 @@ def test_a_hit_carries_every_field(start_envoy, matomo):
     assert hit["url"] == f"http://127.0.0.1:{env.port}/shop/caf%C3%A9?q=1"
     assert hit["action_name"] == "/shop/café"
     assert (hit["ua"], hit["lang"], hit["urlref"]) == ("Mozilla/5.0 (test)", "de-CH", "https://ref.example/")
-    assert json.loads(hit["cvar"]) == {"1": ["http_status_code", "200"], "2": ["http_method", "GET"]}
+    assert (hit["dimension1"], hit["dimension2"]) == ("200", "GET")
     assert before - 1 <= int(hit["cdt"]) <= time.time() + 1
     assert int(hit["pf_srv"]) < 1000
 
 
-def test_pf_srv_is_the_whole_request_and_statuses_are_tracked(start_envoy, matomo):
+def test_pf_srv_is_the_whole_request_and_what_a_request_becomes_is_the_same(start_envoy, matomo):
     env = start_envoy(BASE, access_log=True)
     request(env.port, "/slow?delay_ms=300")
     request(env.port, "/status/404")
-    hits = {h["action_name"]: h for h in matomo.wait_for_hits(2)}
+    request(env.port, "/app.js", headers={"x-demo-response-headers": json.dumps({"content-type": "text/javascript"})})
+    hits = {h["action_name"].split("/URL")[0]: h for h in matomo.wait_for_hits(2)}
     assert 300 <= int(hits["/slow"]["pf_srv"]) < 1000, hits["/slow"]["pf_srv"]
-    assert json.loads(hits["/status/404"]["cvar"])["1"] == ["http_status_code", "404"]
+    assert hits["404"]["action_name"] == "404/URL = %2Fstatus%2F404/From = "
+    assert settled_counters(env)["requests_ignored.asset"] == 1
 
 
 def test_app_headers_are_read_but_reach_the_client(start_envoy, matomo):

@@ -7,6 +7,7 @@ import json
 import time
 
 from tests.support.client import request, response_headers
+from tests.support.traffic import settled_counters
 
 BASE = {"matomo_url": "http://matomo.test/", "id_site": 3, "flush_interval": 0.1}
 
@@ -30,8 +31,7 @@ def test_app_headers_set_the_hit_and_never_reach_the_client(start_envoy, matomo)
     assert hit["action_name"] == "Game / play"
     assert (hit["e_c"], hit["e_a"], hit["e_n"], hit["e_v"]) == ("game", "play", "level-1", "3")
     assert hit["dimension4"] == "gold" and hit["uid"] == "user-42" and hit["pf_srv"] == "17"
-    assert json.loads(hit["cvar"]) == {"1": ["http_status_code", "200"], "2": ["http_method", "GET"],
-                                       "3": ["plan", "pro"]}
+    assert json.loads(hit["cvar"]) == {"1": ["plan", "pro"]}
 
 
 def test_refused_params_are_not_sent_and_are_counted(start_envoy, matomo):
@@ -77,7 +77,8 @@ def test_a_custom_prefix_and_an_empty_one(start_envoy, matomo):
 
 def test_identity_from_request_headers_cookie_and_config(start_envoy, matomo):
     env = start_envoy({**BASE, "token_auth": "t", "uid_header": "x-jwt-sub", "cid_header": "x-visitor",
-                       "bots": True, "dimension_headers": {"x-tenant": 1, "x-api-version": "dimension2"}})
+                       "bots": True, "dimension_headers": {"x-tenant": 1, "x-api-version": "dimension2"},
+                       "read_visitor_cookie": True})
     request(env.port, "/me", headers={
         "x-jwt-sub": "alice", "x-visitor": "00112233aabbccdd", "x-tenant": "acme", "x-api-version": "v2",
         "cookie": "theme=dark; _pk_id.3.a1b2=0123456789abcdef.1700000000.; _pk_id.9.x=ffffffffffffffff.1."})
@@ -119,3 +120,26 @@ def test_the_demo_app_answers_html_unless_a_test_gives_a_content_type(upstream):
 
     assert content_types({}) == ["text/html; charset=utf-8"]
     assert content_types(app_sets({"Content-Type": "application/json"})) == ["application/json"]
+
+
+def test_what_a_request_becomes_follows_its_response(start_envoy, matomo):
+    """Pages are pageviews; scripts, styles and images nothing; redirects nothing; JSON an
+    event; a PDF a download; the app can say otherwise (x-matomo-track-as)."""
+    env = start_envoy({**BASE, "api_event_category": "Shop API"})
+    typed = lambda ct, **more: {"headers": app_sets({"content-type": ct, **more})}  # noqa: E731
+    for path, kw in [("/page", {}), ("/app.js", typed("text/javascript")), ("/logo.png", typed("image/png")),
+                     ("/old", {"headers": app_sets({"location": "/new"})}),
+                     ("/api/cart", typed("application/json")),
+                     ("/files/report.pdf", typed("application/pdf")),
+                     ("/api/page", typed("application/json", **{"x-matomo-track-as": "pageview"}))]:
+        request(env.port, path.replace("/old", "/status/302"), **kw)
+    hits = {h["url"].split(str(env.port), 1)[1]: h for h in matomo.wait_for_hits(4)}
+    assert sorted(hits) == ["/api/cart", "/api/page", "/files/report.pdf", "/page"], sorted(hits)
+    assert hits["/page"]["action_name"] == "/page"
+    cart = hits["/api/cart"]
+    assert (cart["e_c"], cart["e_a"], cart["e_n"]) == ("Shop API", "GET", "/api/cart") and "action_name" not in cart
+    assert hits["/files/report.pdf"]["download"] == hits["/files/report.pdf"]["url"]
+    assert hits["/api/page"]["action_name"] == "/api/page" and "e_c" not in hits["/api/page"]
+    c = settled_counters(env)
+    assert (c["requests_ignored.asset"], c["requests_ignored.no_content"]) == (2, 1), c
+    assert (c["requests_tracked.pageview"], c["requests_tracked.event"], c["requests_tracked.download"]) == (2, 1, 1)

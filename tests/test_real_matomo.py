@@ -273,16 +273,18 @@ def stored_paths(matomo, site) -> list[str]:
 def test_1000_requests_over_two_workers_become_1000_actions_none_twice(tracking, real_matomo, site):
     env = tracking(concurrency=2, flush_interval=1)
     total = 1000
-    # Eight visitors to Matomo (each its own language), none with 500 actions the visitor log would cut.
+    # Eight visitors (each its own browser build: without a token the filter's visitor id is
+    # per address and User-Agent), none with 500 actions the visitor log would cut.
     assert load(env.port, total, clients=8, headers=lambda k: {
-        "Host": HOST, "User-Agent": CHROME_LINUX, "Accept-Language": LANGUAGES[k]}) == []
+        "Host": HOST, "User-Agent": f"{CHROME_LINUX} client/{k}", "Accept-Language": LANGUAGES[k % 4]}) == []
     counters = wait_for_counters(env, hits_sent=total, timeout=180)
-    assert counters.get("hits_invalid", 0) == 0 and counters.get("hits_dropped", 0) == 0
-    paths = stored_paths(real_matomo, site)
-    assert sorted(paths) == [f"/load/{i:04d}" for i in range(total)]
+    assert counters.get("hits_invalid", 0) == 0 and counters.get("hits_dropped", 0) == 0, counters
+    assert counters.get("hits_resent_after_timeout", 0) == 0, counters
     if real_matomo.local:
         (rows,), = real_matomo.sql(f"SELECT COUNT(*) FROM matomo_log_link_visit_action WHERE idsite = {site}")
-        assert int(rows) == total
+        assert int(rows) == total, counters
+    paths = stored_paths(real_matomo, site)
+    assert sorted(paths) == [f"/load/{i:04d}" for i in range(total)]
     print(f"\n{total} requests: {counters['batches_sent']} bulk calls, "
           f"{len(real_matomo.visits(site))} visits in Matomo")
 
@@ -347,7 +349,8 @@ def test_matomo_stopped_and_started_again_under_load_loses_nothing(start_envoy, 
         i = 0
         while not stop.is_set():
             path = f"/outage/{i:04d}"
-            get(env, path, accept_language=LANGUAGES[i % 4])
+            # Four visitors (their own browser builds), none with the 500 actions the log would cut.
+            get(env, path, user_agent=f"{CHROME_LINUX} client/{i % 4}", accept_language=LANGUAGES[i % 4])
             sent.append(path)
             i += 1
             time.sleep(0.02)

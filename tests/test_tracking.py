@@ -24,7 +24,7 @@ def one_hit(env, matomo, path="/", **kw):
 
 
 def test_a_hit_carries_every_field(start_envoy, matomo):
-    env = start_envoy(config())
+    env = start_envoy(config(status_dimension=1, method_dimension=2))
     before = time.time()
     status, hit = one_hit(env, matomo, "/shop/caf%C3%A9%20x?q=a%26b&empty=&x=%2F", headers={
         "User-Agent": "Mozilla/5.0 (test)", "Accept-Language": "fr-CH, fr;q=0.9, en;q=0.8",
@@ -38,7 +38,9 @@ def test_a_hit_carries_every_field(start_envoy, matomo):
     assert hit["ua"] == "Mozilla/5.0 (test)"
     assert hit["lang"] == "fr-CH, fr;q=0.9, en;q=0.8"
     assert hit["urlref"] == "https://ref.example/page?from=1"
-    assert json.loads(hit["cvar"]) == {"1": ["http_status_code", "200"], "2": ["http_method", "GET"]}
+    assert (hit["dimension1"], hit["dimension2"]) == ("200", "GET")
+    assert "cvar" not in hit, "a default Matomo 4+ has no custom variables"
+    assert len(hit["cid"]) == 16, "without a token, a daily visitor id of its own"
     assert before - 1 <= int(hit["cdt"]) <= time.time() + 1
     assert int(hit["pf_srv"]) < 1000
     assert "cip" not in hit and "token_auth" not in hit
@@ -46,6 +48,7 @@ def test_a_hit_carries_every_field(start_envoy, matomo):
     assert matomo.calls[0].headers["host"] == "matomo.test"
     assert matomo.calls[0].headers["content-type"] == "application/json"
     assert "token_auth" not in matomo.calls[0].json()
+    assert "user-agent" not in matomo.calls[0].headers, "Matomo would give it to hits without ua"
 
 
 def test_pf_srv_is_milliseconds_to_the_response_headers(start_envoy, matomo):
@@ -55,10 +58,13 @@ def test_pf_srv_is_milliseconds_to_the_response_headers(start_envoy, matomo):
 
 
 @pytest.mark.parametrize("code", [404, 500])
-def test_error_statuses_are_tracked(start_envoy, matomo, code):
-    env = start_envoy(config())
-    status, hit = one_hit(env, matomo, f"/status/{code}", method="POST", body=b"x")
+def test_error_pages_are_tracked_under_their_status(start_envoy, matomo, code):
+    env = start_envoy(config(status_dimension=1, method_dimension=2, status_and_method_custom_variables=True))
+    status, hit = one_hit(env, matomo, f"/status/{code}?x=1", method="POST", body=b"x",
+                          headers={"Referer": "https://shop.example/list"})
     assert status == code
+    assert hit["action_name"] == f"{code}/URL = %2Fstatus%2F{code}%3Fx%3D1/From = https%3A%2F%2Fshop.example%2Flist"
+    assert (hit["dimension1"], hit["dimension2"]) == (str(code), "POST")
     assert json.loads(hit["cvar"]) == {"1": ["http_status_code", str(code)], "2": ["http_method", "POST"]}
 
 
@@ -143,7 +149,7 @@ def test_routes_details_under_both_names(start_envoy, matomo):
         hits = {h["url"].rsplit("/", 1)[1]: h for h in matomo.wait_for_hits(2)}
         listing, user = hits["users?page=2"], hits["1"]
         assert listing["action_name"] == "Users" and listing["e_a"] == "listing" and listing["e_c"] == "api"
-        assert json.loads(listing["cvar"])["3"] == ["team", "web"]
+        assert json.loads(listing["cvar"])["1"] == ["team", "web"]
         assert user["action_name"] == "/users/1" and "e_a" not in user
         env.stop()
 

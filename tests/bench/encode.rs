@@ -6,6 +6,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use matomo_proxy_wasm::classify::Kind;
 use matomo_proxy_wasm::config::Settings;
 use matomo_proxy_wasm::request::RequestFacts;
 use matomo_proxy_wasm::tracker::Tracker;
@@ -55,7 +56,12 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode", |b| {
         b.iter(|| {
             rand = rand.wrapping_add(1);
-            black_box(settings.hits.encode(black_box(&req), rand))
+            black_box(settings.hits.encode(
+                black_box(&req),
+                Kind::Pageview,
+                &settings.hits.naming(req.path_only()),
+                rand,
+            ))
         })
     });
     let mut tracker = Tracker::new(self::settings(), 1);
