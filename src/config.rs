@@ -17,6 +17,7 @@ use crate::hit::{is_visitor_id, HitOptions, HitTemplate, RouteDetails};
 use crate::identity::VisitorKey;
 use crate::privacy::{is_campaign_param, QueryFilter};
 use crate::rules::Rules;
+use crate::sites::{HostPattern, Scope, Sites};
 
 /// Configuration as written by the user. Option names of flask-matomo2 are the keys,
 /// asgi-matomo's are aliases, so either middleware's config moves to the proxy unchanged.
@@ -24,8 +25,12 @@ use crate::rules::Rules;
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     matomo_url: String,
-    #[serde(alias = "idsite")]
-    id_site: SiteId,
+    /// The site of requests no `sites` entry takes; without it, those are not tracked.
+    #[serde(default, alias = "idsite")]
+    id_site: Option<SiteId>,
+    /// One gateway, many sites (sites.rs): entries checked in `Settings::from_json`.
+    #[serde(default)]
+    sites: Vec<Value>,
     #[serde(default = "default_cluster")]
     matomo_cluster: String,
     #[serde(default, alias = "access_token")]
@@ -136,11 +141,13 @@ fn default_api_event_category() -> String {
 fn default_cluster() -> String {
     "matomo".to_owned()
 }
+/// 30 s: a bulk call of a few hundred hits takes a busy Matomo seconds, and a call that times
+/// out is sent again, which Matomo may record twice. Nothing waits on it but its lane.
 fn default_http_timeout() -> Seconds {
-    Seconds(5.0)
+    Seconds(30.0)
 }
 /// 200 hits make about 5 calls per 1000 hits under load, bodies of 100–200 KB, and a call a
-/// real Matomo finishes well within the default 5 s timeout (make bench; README).
+/// real Matomo finishes within seconds (make bench; README).
 fn default_batch_size() -> usize {
     200
 }
@@ -177,11 +184,13 @@ pub const MAX_BATCH_SIZE: usize = 1_000;
 pub struct Settings {
     pub tracker: Tracker,
     pub matomo_cluster: String,
-    pub token_auth: Option<Secret>,
     pub http_timeout: Duration,
     pub batch: BatchSettings,
-    pub rules: Rules,
-    pub hits: HitTemplate,
+    /// The Matomo sites this config tracks, by host and path.
+    pub sites: Sites<Site>,
+    /// The sites' distinct tokens (`None`: no token). Hits of sites that share a token share
+    /// bulk calls; each token has its own.
+    pub tokens: Vec<Option<Secret>>,
     pub headers: HeaderSources,
     pub track_local_replies: bool,
     /// Accepted but doubtful choices, logged once at start.
@@ -189,6 +198,62 @@ pub struct Settings {
     /// A hash of the plugin JSON: the VMs of one Envoy that share it share one queue of hits.
     pub fingerprint: u64,
 }
+
+/// One Matomo site: how requests for it are judged and what their hits say.
+pub struct Site {
+    pub hits: HitTemplate,
+    pub rules: Rules,
+    /// Its token's index in [`Settings::tokens`].
+    pub token: usize,
+}
+
+/// What one compiled JSON object gives: the settings every site shares, and the site of its
+/// own `id_site` with its token.
+struct Compiled {
+    settings: Settings,
+    site: Option<(HitTemplate, Rules, Option<Secret>)>,
+}
+
+/// Keys a `sites` entry takes: where it applies, its site and token, and what people
+/// plausibly set per site. The rest of the config is shared.
+const SITE_KEYS: [&str; 27] = [
+    "hosts",
+    "path_prefix",
+    "id_site",
+    "token_auth",
+    "token_auth_env",
+    "base_url",
+    "assume_https",
+    "routes_details",
+    "ignored_routes",
+    "ignored_patterns",
+    "ignored_ua_patterns",
+    "allowed_methods",
+    "ignored_methods",
+    "action_rules",
+    "strip_query_params",
+    "keep_query_params",
+    "dimension_headers",
+    "bots",
+    "every_request_a_pageview",
+    "api_requests_as",
+    "api_event_category",
+    "track_downloads",
+    "assets_as_downloads",
+    "error_page_titles",
+    "status_dimension",
+    "method_dimension",
+    "status_and_method_custom_variables",
+];
+
+/// asgi-matomo's names, read as flask-matomo2's, so a site entry overrides either.
+const ALIASES: [(&str, &str); 5] = [
+    ("idsite", "id_site"),
+    ("access_token", "token_auth"),
+    ("route_details", "routes_details"),
+    ("exclude_paths", "ignored_routes"),
+    ("exclude_patterns", "ignored_patterns"),
+];
 
 /// Which headers the host glue reads for a hit, besides the fixed ones. Names are lower-case.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -261,23 +326,178 @@ impl Settings {
             ));
         }
         let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let message = strip_position(&e.inner().to_string());
-            let key = match e.path().to_string() {
-                // "missing field `x`" and "duplicate field `x`" are reported at the root.
-                root if root == "." => quoted_field(&message).unwrap_or_default().to_owned(),
-                key => key,
-            };
-            // serde quotes the value it could not take, which may be a secret pasted there.
-            if message.starts_with("invalid") && SECRET_PRONE.contains(&key.as_str()) {
-                return ConfigError::new(key, "has the wrong type (value not shown)");
+        let mut raw: RawConfig =
+            serde_path_to_error::deserialize(de).map_err(|e| read_error(e, ""))?;
+        let entries = std::mem::take(&mut raw.sites);
+        if raw.id_site.is_none() && entries.is_empty() {
+            return Err(ConfigError::new("id_site", "missing field `id_site`"));
+        }
+        let Compiled { mut settings, site } = raw.compile(&env, bytes)?;
+        let mut tokens: Vec<Option<Secret>> = Vec::new();
+        let mut token_of = |token: Option<Secret>| match tokens.iter().position(|t| *t == token) {
+            Some(i) => i,
+            None => {
+                tokens.push(token);
+                tokens.len() - 1
             }
-            ConfigError::new(key, message)
-        })?;
-        let mut settings = raw.compile(env, bytes)?;
+        };
+        let mut sites = Sites {
+            entries: Vec::new(),
+            fallback: None,
+        };
+        if !entries.is_empty() {
+            let base = base_object(bytes)?;
+            for (i, entry) in entries.iter().enumerate() {
+                let at = format!("sites[{i}]");
+                let (scope, merged) = site_entry(&at, entry, &base)?;
+                if let Some(j) = sites.entries.iter().position(|(s, _)| s.hides(&scope)) {
+                    return Err(ConfigError::new(
+                        at,
+                        format!("is never reached: sites[{j}] takes every request it would take"),
+                    ));
+                }
+                let prefix = format!("{at}.");
+                let raw: RawConfig =
+                    serde_path_to_error::deserialize(merged).map_err(|e| read_error(e, &prefix))?;
+                let compiled = raw.compile(&env, bytes).map_err(|e| ConfigError {
+                    key: format!("{prefix}{}", e.key),
+                    message: e.message,
+                })?;
+                settings.warnings.extend(compiled.settings.warnings);
+                if let Some((hits, rules, token)) = compiled.site {
+                    let token = token_of(token);
+                    sites.entries.push((scope, Site { hits, rules, token }));
+                }
+            }
+        }
+        if let Some((hits, rules, token)) = site {
+            let token = token_of(token);
+            sites.fallback = Some(Site { hits, rules, token });
+        }
+        settings.warnings.sort();
+        settings.warnings.dedup();
+        settings.sites = sites;
+        settings.tokens = tokens;
         settings.fingerprint = fnv64(bytes);
         Ok(settings)
     }
+
+    /// The site of a request (by `:authority` and `:path`), `None` when no site takes it.
+    pub fn site(&self, authority: &str, path: &str) -> Option<&Site> {
+        self.sites.find(authority, path)
+    }
+}
+
+/// A serde error as a config error naming its key (prefixed for a `sites` entry).
+fn read_error<E: fmt::Display>(e: serde_path_to_error::Error<E>, prefix: &str) -> ConfigError {
+    let message = strip_position(&e.inner().to_string());
+    let key = match e.path().to_string() {
+        // "missing field `x`" and "duplicate field `x`" are reported at the root.
+        root if root == "." => quoted_field(&message).unwrap_or_default().to_owned(),
+        key => key,
+    };
+    // serde quotes the value it could not take, which may be a secret pasted there.
+    if message.starts_with("invalid") && SECRET_PRONE.contains(&key.as_str()) {
+        return ConfigError::new(
+            format!("{prefix}{key}"),
+            "has the wrong type (value not shown)",
+        );
+    }
+    ConfigError::new(format!("{prefix}{key}"), message)
+}
+
+/// The top-level JSON object without `sites`, asgi-matomo's names read as flask-matomo2's.
+fn base_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ConfigError> {
+    let Ok(Value::Object(mut base)) = serde_json::from_slice::<Value>(bytes) else {
+        return Err(ConfigError::new(
+            "",
+            "the configuration must be a JSON object",
+        ));
+    };
+    base.remove("sites");
+    Ok(canonical(base))
+}
+
+fn canonical(object: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
+    object
+        .into_iter()
+        .map(|(k, v)| {
+            let name = ALIASES
+                .iter()
+                .find(|(alias, _)| *alias == k)
+                .map_or(k, |(_, n)| (*n).to_owned());
+            (name, v)
+        })
+        .collect()
+}
+
+/// Checks one `sites` entry and gives its scope and the config it stands for: the shared
+/// config with the entry's keys over it (its token replacing the shared one).
+fn site_entry(
+    at: &str,
+    entry: &Value,
+    base: &serde_json::Map<String, Value>,
+) -> Result<(Scope, Value), ConfigError> {
+    let Value::Object(entry) = entry else {
+        return Err(ConfigError::new(
+            at,
+            "must be an object with hosts and id_site",
+        ));
+    };
+    let entry = canonical(entry.clone());
+    if let Some(key) = entry.keys().find(|k| !SITE_KEYS.contains(&k.as_str())) {
+        return Err(ConfigError::new(
+            format!("{at}.{key}"),
+            "unknown field: an entry takes hosts, path_prefix, id_site, a token and the options \
+             people set per site (see the configuration reference)",
+        ));
+    }
+    let hosts = match entry.get("hosts") {
+        Some(Value::Array(hosts)) if !hosts.is_empty() => hosts
+            .iter()
+            .enumerate()
+            .map(|(j, h)| {
+                let key = format!("{at}.hosts[{j}]");
+                let h = h
+                    .as_str()
+                    .ok_or_else(|| ConfigError::new(&key, "must be a host name"))?;
+                HostPattern::parse(&key, h)
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        _ => {
+            return Err(ConfigError::new(
+                format!("{at}.hosts"),
+                "must be a non-empty list of hosts (shop.example.com or *.example.com)",
+            ))
+        }
+    };
+    let path_prefix = match entry.get("path_prefix") {
+        None => None,
+        Some(Value::String(p)) if p.starts_with('/') => Some(p.clone()),
+        Some(_) => {
+            return Err(ConfigError::new(
+                format!("{at}.path_prefix"),
+                "must be a path starting with /",
+            ))
+        }
+    };
+    if !entry.contains_key("id_site") {
+        return Err(ConfigError::new(
+            format!("{at}.id_site"),
+            "missing field `id_site`",
+        ));
+    }
+    let mut merged = base.clone();
+    if entry.contains_key("token_auth") || entry.contains_key("token_auth_env") {
+        merged.remove("token_auth");
+        merged.remove("token_auth_env");
+    }
+    for (k, v) in entry {
+        if k != "hosts" && k != "path_prefix" {
+            merged.insert(k, v);
+        }
+    }
+    Ok((Scope { hosts, path_prefix }, Value::Object(merged)))
 }
 
 /// FNV-1a, 64 bits: a stable name for a config, not a secret.
@@ -320,22 +540,22 @@ impl RawConfig {
     /// secret is.
     fn compile(
         self,
-        env: impl Fn(&str) -> Option<String>,
+        env: &impl Fn(&str) -> Option<String>,
         config_bytes: &[u8],
-    ) -> Result<Settings, ConfigError> {
+    ) -> Result<Compiled, ConfigError> {
         let tracker = parse_matomo_url(&self.matomo_url)?;
-        if self.id_site.0 == 0 {
+        if self.id_site.as_ref().is_some_and(|id| id.0 == 0) {
             return Err(ConfigError::new("id_site", "must be a positive integer"));
         }
         if self.matomo_cluster.is_empty() {
             return Err(ConfigError::new("matomo_cluster", "must not be empty"));
         }
-        let token_auth = secret("token_auth", self.token_auth, self.token_auth_env, &env)?;
+        let token_auth = secret("token_auth", self.token_auth, self.token_auth_env, env)?;
         let visitor_secret = secret(
             "visitor_id_secret",
             self.visitor_id_secret,
             self.visitor_id_secret_env,
-            &env,
+            env,
         )?;
         let token_auth = match token_auth {
             Some(t) if t.is_empty() => {
@@ -474,48 +694,53 @@ impl RawConfig {
                 })
                 .collect::<Result<_, ConfigError>>()?,
         };
-        let hits = HitTemplate::new(
-            self.id_site.0,
-            HitOptions {
-                base_url,
-                assume_https: self.assume_https,
-                with_client_ip: token_auth.is_some(),
-                routes,
-                action_rules: ActionRules::new(self.action_rules)?,
-                query_filter,
-                cid: self.cid,
-                bots: self.bots,
-                kinds: KindOptions {
-                    every_request_a_pageview: self.every_request_a_pageview,
-                    api_requests_as: match self.api_requests_as {
-                        ApiRequestsAs::Event => ApiAs::Event,
-                        ApiRequestsAs::Pageview => ApiAs::Pageview,
-                        ApiRequestsAs::Ignore => ApiAs::Ignore,
-                    },
-                    track_downloads: self.track_downloads,
-                    assets_as_downloads: self.assets_as_downloads,
-                    error_page_titles: self.error_page_titles,
+        let options = HitOptions {
+            base_url,
+            assume_https: self.assume_https,
+            with_client_ip: token_auth.is_some(),
+            routes,
+            action_rules: ActionRules::new(self.action_rules)?,
+            query_filter,
+            cid: self.cid,
+            bots: self.bots,
+            kinds: KindOptions {
+                every_request_a_pageview: self.every_request_a_pageview,
+                api_requests_as: match self.api_requests_as {
+                    ApiRequestsAs::Event => ApiAs::Event,
+                    ApiRequestsAs::Pageview => ApiAs::Pageview,
+                    ApiRequestsAs::Ignore => ApiAs::Ignore,
                 },
-                api_event_category: self.api_event_category,
-                status_dimension: self.status_dimension.map(|Dimension(n)| n),
-                method_dimension: self.method_dimension.map(|Dimension(n)| n),
-                status_and_method_custom_variables: self.status_and_method_custom_variables,
-                visitor_key,
-                read_visitor_cookie: self.read_visitor_cookie,
+                track_downloads: self.track_downloads,
+                assets_as_downloads: self.assets_as_downloads,
+                error_page_titles: self.error_page_titles,
             },
-        );
-        Ok(Settings {
-            tracker,
-            matomo_cluster: self.matomo_cluster,
-            token_auth,
-            http_timeout,
-            batch,
-            rules,
-            hits,
-            headers,
-            track_local_replies: self.track_local_replies,
-            warnings,
-            fingerprint: 0,
+            api_event_category: self.api_event_category,
+            status_dimension: self.status_dimension.map(|Dimension(n)| n),
+            method_dimension: self.method_dimension.map(|Dimension(n)| n),
+            status_and_method_custom_variables: self.status_and_method_custom_variables,
+            visitor_key,
+            read_visitor_cookie: self.read_visitor_cookie,
+        };
+        let site = self
+            .id_site
+            .map(|id| (HitTemplate::new(id.0, options), rules, token_auth));
+        Ok(Compiled {
+            settings: Settings {
+                tracker,
+                matomo_cluster: self.matomo_cluster,
+                http_timeout,
+                batch,
+                sites: Sites {
+                    entries: Vec::new(),
+                    fallback: None,
+                },
+                tokens: Vec::new(),
+                headers,
+                track_local_replies: self.track_local_replies,
+                warnings,
+                fingerprint: 0,
+            },
+            site,
         })
     }
 }
@@ -716,6 +941,17 @@ impl Seconds {
 mod tests {
     use super::*;
 
+    impl Settings {
+        /// The site of a config without `sites`.
+        fn one(&self) -> &Site {
+            self.sites.fallback.as_ref().unwrap()
+        }
+
+        fn token(&self) -> Option<&Secret> {
+            self.tokens[self.one().token].as_ref()
+        }
+    }
+
     fn parse(json: &str) -> Result<Settings, ConfigError> {
         Settings::from_json(json.as_bytes())
     }
@@ -743,8 +979,8 @@ mod tests {
         assert_eq!(s.tracker.authority, "m.example.com");
         assert_eq!(s.tracker.path, "/matomo.php");
         assert_eq!(s.matomo_cluster, "matomo");
-        assert!(s.token_auth.is_none());
-        assert_eq!(s.http_timeout, Duration::from_secs(5));
+        assert!(s.token().is_none());
+        assert_eq!(s.http_timeout, Duration::from_secs(30));
         assert_eq!(
             s.batch,
             BatchSettings {
@@ -806,7 +1042,7 @@ mod tests {
             r#"{"matomo_url":"http://m","id_site":"7"}"#,
             r#"{"matomo_url":"http://m","idsite":7}"#,
         ] {
-            assert_eq!(parse(json).unwrap().hits.id_site(), 7, "{json}");
+            assert_eq!(parse(json).unwrap().one().hits.id_site(), 7, "{json}");
         }
     }
 
@@ -834,16 +1070,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.matomo_cluster, "outbound|443||m");
-        assert_eq!(s.token_auth.as_ref().map(Secret::expose), Some("t0k"));
+        assert_eq!(s.token().map(Secret::expose), Some("t0k"));
         assert_eq!(s.http_timeout, Duration::from_millis(2500));
         assert_eq!(s.batch.batch_size, 50);
         assert_eq!(s.batch.flush_interval, Duration::from_millis(250));
         assert_eq!(s.batch.queue_size, 500);
         assert_eq!(s.batch.retry_window, Duration::from_secs(30));
-        assert!(s.hits.route("/u").is_some());
-        assert!(s.hits.assume_https());
-        assert_eq!(s.hits.base_url(), Some("https://shop.example"));
-        assert!(s.rules.ignored_route("/health"));
+        assert!(s.one().hits.route("/u").is_some());
+        assert!(s.one().hits.assume_https());
+        assert_eq!(s.one().hits.base_url(), Some("https://shop.example"));
+        assert!(s.one().rules.ignored_route("/health"));
     }
 
     #[test]
@@ -980,8 +1216,8 @@ mod tests {
         let env = |name: &str| (name == "MATOMO_TOKEN").then(|| "from-env".to_owned());
         let json = with(r#""token_auth_env":"MATOMO_TOKEN""#);
         let s = Settings::from_json_with_env(json.as_bytes(), env).unwrap();
-        assert_eq!(s.token_auth.unwrap().expose(), "from-env");
-        assert!(s.hits.with_client_ip());
+        assert_eq!(s.token().unwrap().expose(), "from-env");
+        assert!(s.one().hits.with_client_ip());
 
         let json = with(r#""token_auth_env":"MISSING""#);
         let e = Settings::from_json_with_env(json.as_bytes(), env)
@@ -1162,7 +1398,7 @@ mod tests {
     #[test]
     fn the_token_never_shows_in_debug_or_errors() {
         let s = parse(&with(r#""token_auth":"s3cr3t-value""#)).unwrap();
-        let shown = format!("{:?}", s.token_auth);
+        let shown = format!("{:?}", s.token());
         assert!(!shown.contains("s3cr3t"), "{shown}");
         let e = err(&with(r#""token_auth":"s3cr3t-value","bogus":1"#));
         assert!(!e.to_string().contains("s3cr3t"), "{e}");
@@ -1171,5 +1407,121 @@ mod tests {
             assert_eq!(e.key, key);
             assert!(!e.to_string().contains("98765432"), "{e}");
         }
+    }
+
+    const GATEWAY: &str = r#""matomo_url":"https://m.example.com","token_auth":"shared",
+        "ignored_routes":["/health"],
+        "sites":[
+          {"hosts":["shop.example.com"],"path_prefix":"/api/","id_site":5,"api_requests_as":"pageview"},
+          {"hosts":["shop.example.com","www.shop.example.com"],"id_site":2,"ignored_routes":["/cart"]},
+          {"hosts":["*.docs.example.com"],"id_site":3,"token_auth_env":"DOCS_TOKEN","base_url":"https://docs.example.com"}
+        ]"#;
+
+    fn gateway(extra: &str) -> Result<Settings, ConfigError> {
+        let env = |name: &str| (name == "DOCS_TOKEN").then(|| "docs-token".to_owned());
+        let json = format!("{{{GATEWAY}{extra}}}");
+        Settings::from_json_with_env(json.as_bytes(), env)
+    }
+
+    #[test]
+    fn one_gateway_many_sites_first_match_wins_with_per_site_options() {
+        let s = gateway("").unwrap();
+        let id =
+            |authority: &str, path: &str| s.site(authority, path).map(|site| site.hits.id_site());
+        assert_eq!(id("shop.example.com", "/api/cart"), Some(5));
+        assert_eq!(id("SHOP.example.com:443", "/"), Some(2));
+        assert_eq!(id("www.shop.example.com", "/x"), Some(2));
+        assert_eq!(id("v2.docs.example.com", "/"), Some(3));
+        assert_eq!(
+            id("elsewhere.org", "/"),
+            None,
+            "no top-level id_site: not tracked"
+        );
+        let shop = s.site("shop.example.com", "/").unwrap();
+        assert!(shop.rules.ignored_route("/cart") && !shop.rules.ignored_route("/health"));
+        let api = s.site("shop.example.com", "/api/").unwrap();
+        assert!(
+            api.rules.ignored_route("/health"),
+            "what a site does not set it shares"
+        );
+        assert_eq!(
+            s.site("a.docs.example.com", "/").unwrap().hits.base_url(),
+            Some("https://docs.example.com")
+        );
+        // Two tokens: shop and api share one (their hits share bulk calls), docs has its own.
+        assert_eq!(s.tokens.len(), 2);
+        assert_eq!(shop.token, api.token);
+        let docs = s.site("a.docs.example.com", "/").unwrap();
+        assert_ne!(docs.token, shop.token);
+        assert_eq!(
+            s.tokens[docs.token].as_ref().map(Secret::expose),
+            Some("docs-token")
+        );
+        let fallback = gateway(r#","id_site":9"#).unwrap();
+        assert_eq!(
+            fallback.site("elsewhere.org", "/").unwrap().hits.id_site(),
+            9
+        );
+    }
+
+    #[test]
+    fn bad_site_entries_are_refused_naming_the_entry() {
+        for (sites, key) in [
+            (
+                r#"[{"hosts":["a.example"],"id_site":1,"matomo_url":"http://x"}]"#,
+                "sites[0].matomo_url",
+            ),
+            (
+                r#"[{"hosts":["a.example"],"id_site":1,"bogus":1}]"#,
+                "sites[0].bogus",
+            ),
+            (
+                r#"[{"hosts":["a.example"],"id_site":1},{"hosts":["b.example:80"],"id_site":2}]"#,
+                "sites[1].hosts[0]",
+            ),
+            (r#"[{"hosts":[],"id_site":1}]"#, "sites[0].hosts"),
+            (r#"[{"hosts":["a.example"]}]"#, "sites[0].id_site"),
+            (
+                r#"[{"hosts":["a.example"],"id_site":0}]"#,
+                "sites[0].id_site",
+            ),
+            (
+                r#"[{"hosts":["a.example"],"id_site":1,"path_prefix":"api"}]"#,
+                "sites[0].path_prefix",
+            ),
+            (
+                r#"[{"hosts":["a.example"],"id_site":1,"ignored_patterns":["("]}]"#,
+                "sites[0].ignored_patterns[0]",
+            ),
+            (r#"["a.example"]"#, "sites[0]"),
+            (
+                r#"[{"hosts":["*.example.com"],"id_site":1},{"hosts":["shop.example.com"],"path_prefix":"/x","id_site":2}]"#,
+                "sites[1]",
+            ),
+        ] {
+            let e = err(&format!(r#"{{"matomo_url":"http://m","sites":{sites}}}"#));
+            assert_eq!(e.key, key, "{sites}: {e}");
+        }
+        let e = err(
+            r#"{"matomo_url":"http://m","sites":[{"hosts":["*.example.com"],"id_site":1},{"hosts":["a.example.com"],"id_site":2}]}"#,
+        );
+        assert!(e.message.contains("sites[0]"), "{e}");
+        assert_eq!(err(r#"{"matomo_url":"http://m"}"#).key, "id_site");
+    }
+
+    #[test]
+    fn aliases_work_in_sites_too() {
+        let s = parse(r#"{"matomo_url":"http://m","idsite":1,"access_token":"t","exclude_paths":["/a"],
+            "sites":[{"hosts":["s.example"],"idsite":2,"access_token":"u","exclude_paths":["/b"]}]}"#)
+        .unwrap();
+        let site = s.site("s.example", "/").unwrap();
+        assert_eq!(
+            (
+                site.hits.id_site(),
+                s.tokens[site.token].as_ref().map(Secret::expose)
+            ),
+            (2, Some("u"))
+        );
+        assert!(site.rules.ignored_route("/b") && !site.rules.ignored_route("/a"));
     }
 }

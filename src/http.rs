@@ -13,11 +13,11 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::app::AppParams;
 use crate::caps;
-use crate::host;
 use crate::request::{client_ip, RequestFacts};
 use crate::rules::Ignored;
 use crate::text::lossy;
 use crate::tracker::Tracker;
+use crate::wasm_host as host;
 
 /// What the glue learnt about a request before `on_log`, besides its headers.
 #[derive(Default)]

@@ -9,9 +9,11 @@ pub mod app;
 pub mod caps;
 pub mod classify;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod headers;
 pub mod hit;
+pub mod host;
 pub mod identity;
 pub mod lanes;
 pub mod leader;
@@ -23,15 +25,16 @@ pub mod pattern;
 pub mod privacy;
 pub mod request;
 pub mod rules;
+pub mod sites;
 pub mod text;
 pub mod tracker;
 
 #[cfg(target_arch = "wasm32")]
-mod host;
-#[cfg(target_arch = "wasm32")]
 mod http;
 #[cfg(target_arch = "wasm32")]
 mod root;
+#[cfg(target_arch = "wasm32")]
+mod wasm_host;
 
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{

@@ -81,6 +81,11 @@ pub fn read_answer(status: Option<u32>, body: &[u8], timed_out: bool) -> Answer 
             let invalid = json.get("invalid").and_then(|v| v.as_u64()).unwrap_or(0);
             Answer::Accepted { invalid }
         }
+        // Envoy answers a call that ran into its timeout itself: 504, "upstream request timeout".
+        Some(504) if body.starts_with(b"upstream request timeout") => Answer::Failed {
+            reason: "no answer within http_timeout".into(),
+            timed_out: true,
+        },
         Some(s @ (408 | 429 | 500..=599)) => Answer::Failed {
             reason: match envoy_reply(body) {
                 Some(why) => format!("Matomo unreachable (Envoy answered {s}: {why})"),
@@ -247,6 +252,13 @@ mod tests {
             read_answer(Some(204), b"", false),
             Answer::Accepted { invalid: 0 }
         );
+        assert!(matches!(
+            read_answer(Some(504), b"upstream request timeout", false),
+            Answer::Failed {
+                timed_out: true,
+                ..
+            }
+        ));
         assert!(matches!(
             read_answer(None, b"", true),
             Answer::Failed {

@@ -15,6 +15,7 @@ pub enum Counter {
     IgnoredApp,
     IgnoredLocalReply,
     IgnoredNoUrl,
+    IgnoredNoSite,
     IgnoredAsset,
     IgnoredNoContent,
     IgnoredApi,
@@ -41,7 +42,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 32] = [
+    pub const ALL: [Counter; 33] = [
         Counter::RequestsSeen,
         Counter::RequestsTracked,
         Counter::IgnoredRoute,
@@ -51,6 +52,7 @@ impl Counter {
         Counter::IgnoredApp,
         Counter::IgnoredLocalReply,
         Counter::IgnoredNoUrl,
+        Counter::IgnoredNoSite,
         Counter::IgnoredAsset,
         Counter::IgnoredNoContent,
         Counter::IgnoredApi,
@@ -88,6 +90,7 @@ impl Counter {
             Counter::IgnoredApp => "matomo.requests_ignored.app",
             Counter::IgnoredLocalReply => "matomo.requests_ignored.local_reply",
             Counter::IgnoredNoUrl => "matomo.requests_ignored.no_url",
+            Counter::IgnoredNoSite => "matomo.requests_ignored.no_site",
             Counter::IgnoredAsset => "matomo.requests_ignored.asset",
             Counter::IgnoredNoContent => "matomo.requests_ignored.no_content",
             Counter::IgnoredApi => "matomo.requests_ignored.api",
@@ -132,9 +135,17 @@ pub enum Dropped {
 pub const HITS_QUEUED: &str = "matomo.hits_queued";
 
 /// Counts not yet handed to Envoy.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     pending: [u64; Counter::ALL.len()],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            pending: [0; Counter::ALL.len()],
+        }
+    }
 }
 
 impl Counters {

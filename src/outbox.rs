@@ -4,9 +4,14 @@
 
 use crate::request::RequestFacts;
 
-/// Hits a worker encoded since its last tick, each with its visitor key.
+/// A hit on its way: its token group (the bulk calls it may share, see `Settings::tokens`), its
+/// visitor key, when its request arrived (Unix milliseconds: the sender puts hits from several
+/// workers back in order), and the hit.
+pub type Entry = (usize, u32, u64, String);
+
+/// Hits a worker encoded since its last tick.
 pub struct Outbox {
-    entries: Vec<(u32, String)>,
+    entries: Vec<Entry>,
     bytes: usize,
     max_hits: usize,
     max_bytes: usize,
@@ -23,12 +28,12 @@ impl Outbox {
     }
 
     /// Keeps a hit; false (and the hit dropped) when the outbox is full.
-    pub fn push(&mut self, key: u32, hit: String) -> bool {
+    pub fn push(&mut self, group: usize, key: u32, at: u64, hit: String) -> bool {
         if self.entries.len() >= self.max_hits || self.bytes + hit.len() > self.max_bytes {
             return false;
         }
         self.bytes += hit.len();
-        self.entries.push((key, hit));
+        self.entries.push((group, key, at, hit));
         true
     }
 
@@ -37,7 +42,7 @@ impl Outbox {
     }
 
     /// Everything held, in order, leaving the outbox empty.
-    pub fn take(&mut self) -> Vec<(u32, String)> {
+    pub fn take(&mut self) -> Vec<Entry> {
         self.bytes = 0;
         std::mem::take(&mut self.entries)
     }
@@ -48,25 +53,31 @@ impl Outbox {
     }
 }
 
-/// A message: per hit, its key in 8 hex digits, the hit, a newline. Hits hold only URL-safe
-/// characters, so neither the newline nor anything else needs escaping.
-pub fn encode(entries: &[(u32, String)]) -> Vec<u8> {
-    let size = entries.iter().map(|(_, h)| h.len() + 9).sum();
+/// A message: per hit, its group in 4 hex digits, its key in 8, its time in 12, the hit, a
+/// newline. Hits hold only URL-safe characters, so nothing needs escaping.
+pub fn encode(entries: &[Entry]) -> Vec<u8> {
+    let size = entries.iter().map(|(_, _, _, h)| h.len() + 25).sum();
     let mut out = Vec::with_capacity(size);
-    for (key, hit) in entries {
-        out.extend_from_slice(format!("{key:08x}").as_bytes());
+    for (group, key, at, hit) in entries {
+        out.extend_from_slice(format!("{group:04x}{key:08x}{at:012x}").as_bytes());
         out.extend_from_slice(hit.as_bytes());
         out.push(b'\n');
     }
     out
 }
 
-/// The hits of a message, with their keys; a malformed line is skipped.
-pub fn decode(message: &[u8]) -> impl Iterator<Item = (u32, &str)> {
+/// The entries of a message; a malformed line is skipped.
+pub fn decode(message: &[u8]) -> impl Iterator<Item = Entry> + '_ {
     message.split(|&b| b == b'\n').filter_map(|line| {
-        let key = std::str::from_utf8(line.get(..8)?).ok()?;
-        let hit = std::str::from_utf8(line.get(8..)?).ok()?;
-        Some((u32::from_str_radix(key, 16).ok()?, hit)).filter(|(_, h)| h.starts_with('?'))
+        let hex = |range: std::ops::Range<usize>| {
+            u64::from_str_radix(std::str::from_utf8(line.get(range)?).ok()?, 16).ok()
+        };
+        let group = usize::try_from(hex(0..4)?).ok()?;
+        let key = u32::try_from(hex(4..12)?).ok()?;
+        let at = hex(12..24)?;
+        let hit = std::str::from_utf8(line.get(24..)?).ok()?;
+        hit.starts_with('?')
+            .then(|| (group, key, at, hit.to_owned()))
     })
 }
 
@@ -89,25 +100,30 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_skip_what_is_malformed() {
-        let entries = vec![(0, "?a=1".to_string()), (u32::MAX, "?b=%0A".into())];
+        let entries = vec![
+            (0, 0, 1_700_000_000_123, "?a=1".to_string()),
+            (3, u32::MAX, 0, "?b=%0A".into()),
+        ];
         let message = encode(&entries);
-        let back: Vec<_> = decode(&message).collect();
-        assert_eq!(back, [(0, "?a=1"), (u32::MAX, "?b=%0A")]);
-        let junk = b"zz\n0000000g?x\n00000001notahit\n00000002?ok\n\xff";
-        assert_eq!(decode(junk).collect::<Vec<_>>(), [(2, "?ok")]);
+        assert_eq!(decode(&message).collect::<Vec<_>>(), entries);
+        let junk = b"zz\n00000000000000000000000g?x\n000000000001000000000000notahit\n000100000002000000000003?ok\n\xff";
+        assert_eq!(
+            decode(junk).collect::<Vec<_>>(),
+            [(1, 2, 3, "?ok".to_string())]
+        );
         assert_eq!(decode(b"").count(), 0);
     }
 
     #[test]
     fn the_outbox_is_bounded_and_emptied_by_take() {
         let mut o = Outbox::new(2, 10);
-        assert!(o.push(1, "?12345".into()));
-        assert!(!o.push(1, "?12345".into()), "bytes");
-        assert!(o.push(1, "?1".into()));
-        assert!(!o.push(1, "?2".into()), "hits");
+        assert!(o.push(0, 1, 0, "?12345".into()));
+        assert!(!o.push(0, 1, 0, "?12345".into()), "bytes");
+        assert!(o.push(0, 1, 0, "?1".into()));
+        assert!(!o.push(0, 1, 0, "?2".into()), "hits");
         assert_eq!(decode(&o.take_message()).count(), 2);
         assert!(o.is_empty());
-        assert!(o.push(1, "?12345".into()));
+        assert!(o.push(0, 1, 0, "?12345".into()));
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub enum Ignored {
     LocalReply,
     /// No URL to track: `OPTIONS *`, a CONNECT, a request without a host.
     NoUrl,
+    /// No `sites` entry takes its host and path, and there is no top-level `id_site`.
+    NoSite,
 }
 
 pub struct Rules {

@@ -56,13 +56,17 @@ impl Tracker {
         user_agent: Option<&str>,
     ) -> Option<Ignored> {
         self.counters.add(Counter::RequestsSeen, 1);
-        let no_url = !path.starts_with('/')
-            || (authority.is_empty() && self.settings.hits.base_url().is_none());
-        let reason = if no_url {
-            Some(Ignored::NoUrl)
-        } else {
-            let path = cut(crate::request::path_only(path), caps::RULES_PATH).0;
-            self.settings.rules.check(method, path, user_agent)
+        let site = self.settings.site(authority, path);
+        let reason = match site {
+            _ if !path.starts_with('/') => Some(Ignored::NoUrl),
+            None => Some(Ignored::NoSite),
+            Some(site) if authority.is_empty() && site.hits.base_url().is_none() => {
+                Some(Ignored::NoUrl)
+            }
+            Some(site) => {
+                let path = cut(crate::request::path_only(path), caps::RULES_PATH).0;
+                site.rules.check(method, path, user_agent)
+            }
         }?;
         self.count_ignored(reason);
         Some(reason)
@@ -79,6 +83,7 @@ impl Tracker {
                 Ignored::App => Counter::IgnoredApp,
                 Ignored::LocalReply => Counter::IgnoredLocalReply,
                 Ignored::NoUrl => Counter::IgnoredNoUrl,
+                Ignored::NoSite => Counter::IgnoredNoSite,
             },
             1,
         );
@@ -94,7 +99,11 @@ impl Tracker {
             self.count_ignored(Ignored::App);
             return Tracked::Ignored(Ignored::App);
         }
-        let hits = &self.settings.hits;
+        let Some(site) = self.settings.site(&facts.authority, &facts.path) else {
+            self.count_ignored(Ignored::NoSite);
+            return Tracked::Ignored(Ignored::NoSite);
+        };
+        let hits = &site.hits;
         let naming = hits.naming(facts.path_only());
         let forced = facts
             .app
@@ -138,7 +147,8 @@ impl Tracker {
         }
         // Every hit made counts; each is then sent, dropped (and counted so) or still queued.
         self.counters.add(Counter::RequestsTracked, 1);
-        if self.outbox.push(visitor_key(facts), hit) {
+        let at = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+        if self.outbox.push(site.token, visitor_key(facts), at, hit) {
             Tracked::Queued(kind)
         } else {
             self.counters.dropped(Dropped::QueueFull, 1);
@@ -352,6 +362,6 @@ mod tests {
         );
         let kept: Vec<_> = t.outbox.take();
         assert_eq!(kept.len(), 1);
-        assert!(kept[0].1.contains("%2Fa"));
+        assert!(kept[0].3.contains("%2Fa"));
     }
 }

@@ -94,6 +94,9 @@ fn template(id_site: u64, with_client_ip: bool) -> HitTemplate {
     let json = format!(r#"{{"matomo_url":"http://matomo.example","id_site":{id_site}{token}}}"#);
     Settings::from_json(json.as_bytes())
         .expect("a minimal config")
+        .sites
+        .fallback
+        .expect("a site")
         .hits
 }
 
