@@ -58,6 +58,9 @@ struct Group {
     site_checked: Option<Duration>,
     /// The check found the token refused: nothing is sent with it until a check passes.
     token_refused: bool,
+    /// Its first check has been answered (or could not be made): until then nothing is sent
+    /// with an unchecked token, which may be one Matomo counts as a failed login.
+    checked: bool,
 }
 
 enum Call {
@@ -94,6 +97,7 @@ impl Delivery {
                     site_check: token.is_some().then_some(now),
                     site_checked: None,
                     token_refused: false,
+                    checked: token.is_none(),
                 }
             })
             .collect();
@@ -347,7 +351,10 @@ impl Delivery {
                 Ok(call) => {
                     self.calls.insert(call, Call::SiteCheck { group: i });
                 }
-                Err(reason) => log::warn!("could not check sites and token with Matomo: {reason}"),
+                Err(reason) => {
+                    g.checked = true;
+                    log::warn!("could not check sites and token with Matomo: {reason}");
+                }
             }
         }
     }
@@ -357,6 +364,7 @@ impl Delivery {
         let Some(g) = self.groups.get_mut(group) else {
             return;
         };
+        g.checked = true;
         let sites = sites_named(&g.sites);
         match read_site_check(status, body, &g.sites) {
             SiteCheck::Ok => {
@@ -385,7 +393,13 @@ impl Delivery {
     /// Makes every call that is due. A call that cannot even start counts as a failure.
     fn send_due(&mut self, host: &impl Host, tracker: &mut Tracker, now: Duration) {
         for group in 0..self.groups.len() {
-            while let Some(send) = self.groups.get_mut(group).and_then(|g| g.lanes.poll(now)) {
+            let finishing = self.finishing;
+            while let Some(send) = self
+                .groups
+                .get_mut(group)
+                .filter(|g| g.checked || finishing)
+                .and_then(|g| g.lanes.poll(now))
+            {
                 let c = &mut tracker.counters;
                 c.add(Counter::BatchesSent, 1);
                 if send.retry {

@@ -142,11 +142,10 @@ impl RootContext for Root {
         for warning in &settings.warnings {
             log::warn!("{warning}");
         }
-        let sites: Vec<String> = settings
-            .sites
-            .all()
-            .map(|s| s.hits.id_site().to_string())
-            .collect();
+        let mut ids: Vec<u64> = settings.sites.all().map(|s| s.hits.id_site()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let sites: Vec<String> = ids.iter().map(u64::to_string).collect();
         log::info!(
             "tracking site{} {} to {}{} through cluster {:?} (tokens: {}, batches of {}, {} calls \
              at once per token)",

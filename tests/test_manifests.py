@@ -127,7 +127,9 @@ def test_pluginconfig_loads_in_envoy_and_a_broken_copy_is_refused(source, plugin
     as_istio = json.dumps(config, separators=(",", ":"))
     env = start_envoy(as_istio, vm_env={config["token_auth_env"]: "t"}, root_id=plugin["spec"].get("pluginName", ""),
                       matomo_cluster=config["matomo_cluster"])
-    assert f"tracking site {config['id_site']} to " in env.log()
+    ids = sorted({config["id_site"], *(site["id_site"] for site in config.get("sites", []))})
+    named = ", ".join(str(i) for i in ids)
+    assert f"tracking site{'s' if len(ids) > 1 else ''} {named} to " in env.log(), env.log()[-3000:]
     env.stop()
 
     broken = json.dumps({**config, "batch_size": 0}, separators=(",", ":"))
