@@ -17,9 +17,8 @@ import dataclasses
 
 import pytest
 
-from tests.support import envoy as E
 from tests.support import reports
-from tests.support.real_matomo import wait_for_counters
+from tests.support.edge import delivered, in_front_of
 from tests.support.session import HOST, browse_the_shop, person
 from tests.support.shop import Shop
 from tests.support.visitor import Visitor
@@ -34,6 +33,9 @@ SESSION = reports.Reports(
     actions=20, bounces=0,
     pageviews=9, downloads=2,
     events=9, event_categories={"API": 9}, event_actions={"GET": 8, "POST": 1},
+    # Matomo keeps the campaign's other parameters (mtm_source) in the page URL.
+    page_urls={"/": 2, "/?mtm_source=newsletter": 1, "/products/1": 2, "/products/2": 2, "/products/7": 1,
+               "/checkout": 1},
     # The action name is the path; error pages get Matomo's title for them. The report shows
     # titles decoded, and not grouped: Matomo 5 splits no titles by default.
     page_titles={"/": 3, "/products/1": 2, "/products/2": 2, "404/URL = /products/7/From =": 1,
@@ -62,27 +64,6 @@ def dimensions(real_matomo, site) -> dict[str, int]:
     """Action-scope custom dimensions for the status and the method; name → id."""
     return {"status": real_matomo.add_dimension(site, "HTTP status"),
             "method": real_matomo.add_dimension(site, "HTTP method")}
-
-
-def in_front_of(shop, envoys, matomo, site: int, trusted_hops: int = 1, **plugin) -> tuple[E.Envoy, int]:
-    """An edge Envoy in front of the shop, trusting `trusted_hops` proxies in front of it (their
-    X-Forwarded-For names the client), with the filter tracking into `site`; and its port."""
-    port, admin = E.free_port(), E.free_port()
-    config = E.bootstrap(
-        listen_port=port, admin_port=admin, upstream_port=shop.port,
-        http_filters=[E.wasm_filter({"matomo_url": matomo.url, "id_site": site, "flush_interval": 0.2, **plugin})],
-        hcm_extra={"use_remote_address": True, "xff_num_trusted_hops": trusted_hops},
-        **{"matomo_port": None, **matomo.envoy_options()})
-    envoy = E.Envoy(config)
-    envoys.append(envoy)
-    envoy.start()
-    return envoy, port
-
-
-def delivered(envoy, requests: int) -> dict[str, int]:
-    """Waits until the filter has seen `requests` and Matomo has answered for each hit made."""
-    counters = wait_for_counters(envoy, requests_seen=requests)
-    return wait_for_counters(envoy, timeout=120, hits_sent=counters["requests_tracked"])
 
 
 @pytest.mark.parametrize("token", [True, False], ids=["with a token", "without a token"])

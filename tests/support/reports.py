@@ -1,5 +1,5 @@
 """What a Matomo user reads about one site today, from Matomo's reporting API: the numbers of the
-Visits Overview, Pages, Downloads, Events, Page Titles, Channel Type and custom dimension
+Visits Overview, Pages (URLs), Downloads, Events, Page Titles, Channel Type and custom dimension
 reports. Today's reports are recomputed on each call on the local instance (its setup.sh sets
 that), so they include what was tracked a moment ago.
 
@@ -31,6 +31,7 @@ class Reports:
     # label → count
     event_categories: dict[str, int] = field(default_factory=dict)
     event_actions: dict[str, int] = field(default_factory=dict)
+    page_urls: dict[str, int] = field(default_factory=dict)
     page_titles: dict[str, int] = field(default_factory=dict)
     channels: dict[str, int] = field(default_factory=dict)
     download_urls: dict[str, int] = field(default_factory=dict)
@@ -63,6 +64,7 @@ def read(matomo, idsite: int, dimensions: dict[str, int] | None = None) -> Repor
         events=sum(categories.values()),
         event_categories=categories,
         event_actions=rows("Events.getAction", "nb_events", flat=0),
+        page_urls=rows("Actions.getPageUrls", "nb_hits"),
         page_titles=rows("Actions.getPageTitles", "nb_hits"),
         channels={CHANNELS.get(label, label): n for label, n in rows("Referrers.getReferrerType", "nb_visits").items()},
         download_urls=rows("Actions.getDownloads", "nb_hits"),

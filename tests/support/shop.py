@@ -88,13 +88,17 @@ ERROR_TITLE = ("'{status}/URL = ' + encodeURIComponent(document.location.pathnam
 
 def tracker_snippet(matomo_url: str, idsite: int, status: int) -> str:
     """Matomo's tracking code (as its install screen gives it), with a callback that counts the
-    requests Matomo has answered, and the error-page title for a 4xx/5xx page."""
+    requests Matomo has answered, and the error-page title for a 4xx/5xx page. The tracker sends
+    with XMLHttpRequest, not sendBeacon (whose callback comes before Matomo has the hit), so a
+    driver that waits for the callback never has two pages' first hits reach Matomo at once,
+    which would make it create two visits."""
     title = f"_paq.push(['setDocumentTitle', {ERROR_TITLE.format(status=status)}]);" if status >= 400 else ""
     return f"""<script>
 window.matomoSent = 0;
 function sent() {{ window.matomoSent += 1; }}
 var _paq = window._paq = window._paq || [];
 {title}
+_paq.push(['disableAlwaysUseSendBeacon']);
 _paq.push(['enableLinkTracking']);
 _paq.push(['setTrackerUrl', {json.dumps(matomo_url + '/matomo.php')}]);
 _paq.push(['setSiteId', {json.dumps(str(idsite))}]);
@@ -152,6 +156,7 @@ class Shop:
         name = PRODUCTS[n]
         return self.page(name, f'<h1>{name}</h1><img src="/static/products/{n}.png" alt="">'
                                f'<button id="add" data-sku="sku-{n}">Add to cart</button>'
+                               f'<p>Also: <a href="/products/{n % len(PRODUCTS) + 1}">{PRODUCTS[n % len(PRODUCTS) + 1]}</a></p>'
                                '<p><a id="older" href="/old/red-boots">Last year\'s red boots</a> '
                                '<a id="catalogue" href="/catalogue.pdf">Catalogue (PDF)</a></p>')
 
