@@ -10,15 +10,17 @@ from tests.support import envoy as E
 from tests.support.real_matomo import wait_for_counters
 
 
-def in_front_of(shop, envoys: list, matomo, site: int, trusted_hops: int = 1, **plugin) -> tuple[E.Envoy, int]:
+def in_front_of(shop, envoys: list, matomo, site: int, trusted_hops: int = 1, wasm=E.WASM,
+                **plugin) -> tuple[E.Envoy, int]:
     """An Envoy in front of the shop, trusting `trusted_hops` proxies in front of it (their
-    X-Forwarded-For names the client), with the filter tracking into `site` (more plugin options
-    in `plugin`), appended to `envoys` (the fixture that stops them and prints their logs when a
-    test fails); returns it and its port."""
+    X-Forwarded-For names the client), with the filter (`wasm`: another build) tracking into
+    `site` (more plugin options in `plugin`), appended to `envoys` (the fixture that stops them
+    and prints their logs when a test fails); returns it and its port."""
     port, admin = E.free_port(), E.free_port()
     config = E.bootstrap(
         listen_port=port, admin_port=admin, upstream_port=shop.port,
-        http_filters=[E.wasm_filter({"matomo_url": matomo.url, "id_site": site, "flush_interval": 0.2, **plugin})],
+        http_filters=[E.wasm_filter({"matomo_url": matomo.url, "id_site": site, "flush_interval": 0.2, **plugin},
+                                    wasm=wasm)],
         hcm_extra={"use_remote_address": True, "xff_num_trusted_hops": trusted_hops},
         **{"matomo_port": None, **matomo.envoy_options()})
     envoy = E.Envoy(config)
