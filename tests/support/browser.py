@@ -63,24 +63,29 @@ def browse(driver, host: str) -> None:
     catalogue PDF (link clicks), then away. Waits for the tracker at each page, so that no hit is
     lost to the next navigation; the downloads' hits leave as the links are clicked."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import WebDriverWait
 
     def click(selector: str) -> None:
         driver.find_element(By.CSS_SELECTOR, selector).click()
 
+    def follow(selector: str) -> None:
+        """Clicks a link to another page and waits for that page and its pageview."""
+        page = driver.find_element(By.TAG_NAME, "html")
+        click(selector)
+        WebDriverWait(driver, WAIT).until(staleness_of(page), f"the page behind {selector}")
+        tracked(driver)
+
     driver.get(f"http://{host}/")
     tracked(driver)
-    click('a[href="/products/1"]')
-    tracked(driver)
+    follow('a[href="/products/1"]')
     click("#add")
     until(driver, "window.cartUpdated", "the cart API's answer")
     tracked(driver, 2)  # the pageview and the Cart event
-    click('a[href="/products/2"]')
-    tracked(driver)
-    click("#older")
-    tracked(driver)
+    follow('a[href="/products/2"]')
+    follow("#older")
     driver.get(f"http://{host}/nowhere")
     tracked(driver)
-    click("#back")
-    tracked(driver)
+    follow("#back")
     click("#invoice")
     click("#catalogue")
