@@ -53,12 +53,14 @@ integration: build deps test-packages
 	$(PY) -m pytest tests -q
 
 ## Debian packages of the integration tests: skopeo and docker-registry (tests/test_oci.py), curl
-## (envoy/drain.sh, which tests/test_func_e.py runs), and
+## (envoy/drain.sh, which tests/test_func_e.py runs), chromium and chromium-driver (the headless
+## browser of tests/test_browser.py), and
 ## those ../shared/matomo/setup.sh installs for the real Matomo (tests/test_real_matomo.py; the
 ## list is read from setup.sh), unless MATOMO_E2E_URL names another Matomo outside CI.
 MATOMO_PACKAGES = $(shell python3 -m tests.support.real_matomo packages)
 test-packages:
 	@$(call debian,$(call has,skopeo) && $(call has,docker-registry) && $(call has,curl),skopeo docker-registry curl)
+	@$(call debian,$(call has,chromium) && $(call has,chromedriver),chromium chromium-driver)
 	@{ [ -n "$$MATOMO_E2E_URL" ] && [ "$$CI" != true ]; } \
 	  || $(call debian,$(call installed,$(MATOMO_PACKAGES)),$(MATOMO_PACKAGES))
 
