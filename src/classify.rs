@@ -27,7 +27,8 @@ pub enum Skip {
     Asset,
     /// No content to show: 1xx, 3xx (redirects), 204, 304, or a HEAD or OPTIONS request.
     NoContent,
-    /// An API or data response while `api_requests_as` is `ignore`.
+    /// An API or data response while `api_requests_as` is `ignore`, or a read of one (GET)
+    /// without `track_api_reads`.
     Api,
     /// A download while `track_downloads` is off.
     Download,
@@ -41,6 +42,9 @@ pub struct KindOptions {
     /// Every tracked request a pageview, as flask-matomo2 and asgi-matomo do.
     pub every_request_a_pageview: bool,
     pub api_requests_as: ApiAs,
+    /// API reads (GET) as events too. Off: a page's own data fetches are not something its
+    /// visitor did, and as actions they would make every one-page visit a non-bounce.
+    pub track_api_reads: bool,
     pub track_downloads: bool,
     pub assets_as_downloads: bool,
     pub error_page_titles: bool,
@@ -51,6 +55,7 @@ impl Default for KindOptions {
         KindOptions {
             every_request_a_pageview: false,
             api_requests_as: ApiAs::Event,
+            track_api_reads: false,
             track_downloads: true,
             assets_as_downloads: false,
             error_page_titles: true,
@@ -88,6 +93,17 @@ impl TrackAs {
     }
 }
 
+/// What the request said about itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The path without query.
+    pub path: &'a str,
+    /// `Sec-Fetch-Dest`, which browsers send: what the page will do with the answer
+    /// (`document`, `image`, `script`, `empty` for fetch/XHR, …).
+    pub fetch_dest: Option<&'a str>,
+}
+
 /// What the response said about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Response<'a> {
@@ -97,17 +113,24 @@ pub struct Response<'a> {
     pub content_type: Option<&'a str>,
     /// `content-disposition: attachment`.
     pub attachment: bool,
+    /// A 206 that is not the first part of its file (`content-range` not from byte 0): one
+    /// download is many range requests.
+    pub later_part: bool,
 }
 
-/// Decides what a request becomes. `path` has no query; `forced` is the app's or the config's
-/// `track_as`, the app's winning.
+/// Decides what a request becomes. `forced` is the app's or the config's `track_as`, the
+/// app's winning.
 pub fn classify(
-    method: &str,
-    path: &str,
+    request: Request,
     response: Response,
     forced: Option<TrackAs>,
     o: &KindOptions,
 ) -> Kind {
+    let Request {
+        method,
+        path,
+        fetch_dest,
+    } = request;
     if let Some(forced) = forced {
         return match forced {
             TrackAs::Pageview => Kind::Pageview,
@@ -121,6 +144,7 @@ pub fn classify(
     }
     let status = response.status;
     let no_content = matches!(status, 0..=199 | 204 | 300..=399)
+        || (status == 206 && response.later_part)
         || method.eq_ignore_ascii_case("HEAD")
         || method.eq_ignore_ascii_case("OPTIONS");
     if no_content {
@@ -130,6 +154,16 @@ pub fn classify(
     let by_type = match response.content_type.map(mime) {
         Some(m) if !m.is_empty() => of_type(&m),
         _ => of_extension(path),
+    };
+    let by_extension = of_extension(path);
+    let by_type = match (fetch_dest.map(str::to_ascii_lowercase).as_deref(), by_type) {
+        // What the browser will do with it says more than the type: an image or a script that
+        // failed is still not a page, and HTML fetched by a script is data.
+        (Some(dest), _) if is_asset_dest(dest) => Content::Asset,
+        (Some("empty"), Content::Html) => Content::Data,
+        // A missing asset answered with the site's HTML error page is still an asset.
+        (_, Content::Html) if !success && by_extension == Content::Asset => Content::Asset,
+        (_, content) => content,
     };
     let download = |o: &KindOptions| {
         if o.track_downloads {
@@ -149,11 +183,35 @@ pub fn classify(
         Content::Asset => Kind::Ignore(Skip::Asset),
         Content::Document if success => download(o),
         Content::Document | Content::Data => match o.api_requests_as {
+            ApiAs::Event if method.eq_ignore_ascii_case("GET") && !o.track_api_reads => {
+                Kind::Ignore(Skip::Api)
+            }
             ApiAs::Event => Kind::Event,
             ApiAs::Pageview => Kind::Pageview,
             ApiAs::Ignore => Kind::Ignore(Skip::Api),
         },
     }
+}
+
+/// `Sec-Fetch-Dest` values of what a page loads for itself.
+fn is_asset_dest(dest: &str) -> bool {
+    matches!(
+        dest,
+        "image"
+            | "script"
+            | "style"
+            | "font"
+            | "audio"
+            | "video"
+            | "track"
+            | "manifest"
+            | "worker"
+            | "sharedworker"
+            | "serviceworker"
+            | "audioworklet"
+            | "paintworklet"
+            | "xslt"
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,9 +332,17 @@ mod tests {
         let response = Response {
             status,
             content_type,
-            attachment: false,
+            ..Response::default()
         };
-        classify(method, path, response, None, o)
+        classify(request(method, path), response, None, o)
+    }
+
+    fn request<'a>(method: &'a str, path: &'a str) -> Request<'a> {
+        Request {
+            method,
+            path,
+            fetch_dest: None,
+        }
     }
 
     const HTML: Option<&str> = Some("text/html; charset=utf-8");
@@ -350,22 +416,38 @@ mod tests {
             status: 200,
             content_type: Some("application/json"),
             attachment: true,
+            ..Response::default()
         };
         let o = KindOptions::default();
-        assert_eq!(
-            classify("GET", "/export", attachment, None, &o),
-            Kind::Download
-        );
+        let export = request("GET", "/export");
+        assert_eq!(classify(export, attachment, None, &o), Kind::Download);
         let off = KindOptions {
             track_downloads: false,
             ..o
         };
         assert_eq!(
-            classify("GET", "/export", attachment, None, &off),
+            classify(export, attachment, None, &off),
             Kind::Ignore(Skip::Download)
         );
+        let part = |later_part| Response {
+            status: 206,
+            content_type: Some("application/pdf"),
+            later_part,
+            ..Response::default()
+        };
+        let pdf = request("GET", "/a.pdf");
         assert_eq!(
-            kind("GET", "/gone.pdf", 404, Some("application/pdf")),
+            classify(pdf, part(false), None, &o),
+            Kind::Download,
+            "the first part"
+        );
+        assert_eq!(
+            classify(pdf, part(true), None, &o),
+            Kind::Ignore(Skip::NoContent),
+            "one download, however many ranges"
+        );
+        assert_eq!(
+            kind("POST", "/gone.pdf", 404, Some("application/pdf")),
             Kind::Event,
             "an error is not a download"
         );
@@ -381,10 +463,18 @@ mod tests {
             Some("text/plain"),
             None,
         ] {
-            assert_eq!(kind("GET", "/api/cart", 200, ct), Kind::Event, "{ct:?}");
+            assert_eq!(kind("POST", "/api/cart", 200, ct), Kind::Event, "{ct:?}");
         }
+        let json = Some("application/json");
+        assert_eq!(kind("DELETE", "/api/cart", 422, json), Kind::Event);
+        // A page's own reads are not what its visitor did.
+        assert_eq!(kind("GET", "/api/cart", 200, json), Kind::Ignore(Skip::Api));
+        let reads = KindOptions {
+            track_api_reads: true,
+            ..KindOptions::default()
+        };
         assert_eq!(
-            kind("POST", "/api/cart", 422, Some("application/json")),
+            kind_with("GET", "/api/cart", 200, json, &reads),
             Kind::Event
         );
         for (api, want) in [
@@ -395,11 +485,48 @@ mod tests {
                 api_requests_as: api,
                 ..KindOptions::default()
             };
-            assert_eq!(
-                kind_with("GET", "/api", 200, Some("application/json"), &o),
-                want
-            );
+            assert_eq!(kind_with("POST", "/api", 200, json, &o), want);
+            assert_eq!(kind_with("GET", "/api", 200, json, &o), want, "reads too");
         }
+    }
+
+    #[test]
+    fn what_the_browser_will_do_with_a_response_wins_over_its_type() {
+        let o = KindOptions::default();
+        let fetched = |dest, status, ct| {
+            let r = Request {
+                method: "GET",
+                path: "/x",
+                fetch_dest: Some(dest),
+            };
+            let response = Response {
+                status,
+                content_type: Some(ct),
+                ..Response::default()
+            };
+            classify(r, response, None, &o)
+        };
+        assert_eq!(
+            fetched("image", 404, "text/html"),
+            Kind::Ignore(Skip::Asset)
+        );
+        assert_eq!(
+            fetched("script", 200, "text/plain"),
+            Kind::Ignore(Skip::Asset)
+        );
+        assert_eq!(fetched("document", 200, "text/html"), Kind::Pageview);
+        assert_eq!(
+            fetched("empty", 200, "text/html"),
+            Kind::Ignore(Skip::Api),
+            "HTML a script reads"
+        );
+        assert_eq!(fetched("document", 200, "application/pdf"), Kind::Download);
+        // Without the header, a missing asset's HTML error page is still an asset.
+        assert_eq!(
+            kind("GET", "/static/missing.png", 404, HTML),
+            Kind::Ignore(Skip::Asset)
+        );
+        assert_eq!(kind("GET", "/missing", 404, HTML), Kind::ErrorPage);
     }
 
     #[test]
@@ -422,16 +549,16 @@ mod tests {
     fn the_app_or_the_config_can_force_the_kind_and_one_switch_brings_back_the_seeds() {
         let r = Response {
             status: 302,
-            content_type: None,
-            attachment: false,
+            ..Response::default()
         };
         let o = KindOptions::default();
+        let home = request("GET", "/");
         assert_eq!(
-            classify("GET", "/", r, Some(TrackAs::Pageview), &o),
+            classify(home, r, Some(TrackAs::Pageview), &o),
             Kind::Pageview
         );
         assert_eq!(
-            classify("GET", "/", r, Some(TrackAs::Ignore), &o),
+            classify(home, r, Some(TrackAs::Ignore), &o),
             Kind::Ignore(Skip::Asked)
         );
         assert_eq!(TrackAs::parse(" Download "), Some(TrackAs::Download));

@@ -86,6 +86,15 @@ struct RawConfig {
     every_request_a_pageview: bool,
     #[serde(default)]
     api_requests_as: ApiRequestsAs,
+    #[serde(default)]
+    track_api_reads: bool,
+    /// Requests of known health checkers (kube-probe, GoogleHC, Envoy/HC, …) are not visits.
+    #[serde(default = "yes")]
+    ignore_health_checkers: bool,
+    /// The site whose `_pk_id` cookie `read_visitor_cookie` reads: the JavaScript tracker's,
+    /// when the proxy tracks into a site of its own.
+    #[serde(default)]
+    visitor_cookie_site: Option<SiteId>,
     #[serde(default = "default_api_event_category")]
     api_event_category: String,
     #[serde(default = "yes")]
@@ -216,7 +225,7 @@ struct Compiled {
 
 /// Keys a `sites` entry takes: where it applies, its site and token, and what people
 /// plausibly set per site. The rest of the config is shared.
-const SITE_KEYS: [&str; 27] = [
+const SITE_KEYS: [&str; 31] = [
     "hosts",
     "path_prefix",
     "id_site",
@@ -237,6 +246,10 @@ const SITE_KEYS: [&str; 27] = [
     "bots",
     "every_request_a_pageview",
     "api_requests_as",
+    "track_api_reads",
+    "ignore_health_checkers",
+    "visitor_cookie_site",
+    "read_visitor_cookie",
     "api_event_category",
     "track_downloads",
     "assets_as_downloads",
@@ -606,7 +619,8 @@ impl RawConfig {
             &self.ignored_ua_patterns,
             &self.allowed_methods,
             &self.ignored_methods,
-        )?;
+        )?
+        .ignoring_health_checkers(self.ignore_health_checkers);
         let mut routes = HashMap::new();
         for (path, params) in self.routes_details {
             let details = RouteDetails::new(&format!("routes_details.{path}"), params)?;
@@ -711,6 +725,7 @@ impl RawConfig {
                     ApiRequestsAs::Ignore => ApiAs::Ignore,
                 },
                 track_downloads: self.track_downloads,
+                track_api_reads: self.track_api_reads,
                 assets_as_downloads: self.assets_as_downloads,
                 error_page_titles: self.error_page_titles,
             },
@@ -720,6 +735,7 @@ impl RawConfig {
             status_and_method_custom_variables: self.status_and_method_custom_variables,
             visitor_key,
             read_visitor_cookie: self.read_visitor_cookie,
+            visitor_cookie_site: self.visitor_cookie_site.map(|id| id.0),
         };
         let site = self
             .id_site
@@ -1375,7 +1391,8 @@ mod tests {
             r#""every_request_a_pageview":true,"api_requests_as":"pageview","api_event_category":"Backend",
                "track_downloads":false,"assets_as_downloads":true,"error_page_titles":false,
                "status_dimension":4,"method_dimension":"dimension5","status_and_method_custom_variables":true,
-               "read_visitor_cookie":true"#
+               "read_visitor_cookie":true,"track_api_reads":true,"ignore_health_checkers":false,
+               "visitor_cookie_site":7"#
         ))
         .is_ok());
         assert_eq!(

@@ -140,6 +140,8 @@ pub struct HitOptions {
     pub visitor_key: Option<VisitorKey>,
     /// Take the JavaScript tracker's visitor id from its `_pk_id` cookie.
     pub read_visitor_cookie: bool,
+    /// Whose cookie: the JavaScript tracker's site, when not this one.
+    pub visitor_cookie_site: Option<u64>,
 }
 
 /// The constant part of every hit and the per-site options.
@@ -237,7 +239,7 @@ impl HitTemplate {
         HitTemplate {
             id_site,
             prefix: format!("?idsite={id_site}&rec=1&apiv=1"),
-            cookie_prefix: format!("_pk_id.{id_site}."),
+            cookie_prefix: format!("_pk_id.{}.", options.visitor_cookie_site.unwrap_or(id_site)),
             options,
         }
     }

@@ -30,6 +30,8 @@ pub struct Seen {
     /// The response's `content-type`, and whether it said `content-disposition: attachment`.
     pub content_type: Option<String>,
     pub attachment: bool,
+    /// A 206 whose `content-range` does not start at byte 0.
+    pub later_part: bool,
     pub app: AppParams,
 }
 
@@ -207,6 +209,8 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         status: seen.status.unwrap_or(0),
         content_type: seen.content_type,
         attachment: seen.attachment,
+        later_part: seen.later_part,
+        fetch_dest: header("sec-fetch-dest", caps::TOKEN, false),
         server_time_ms: seen
             .server_time
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),

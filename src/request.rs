@@ -22,6 +22,10 @@ pub struct RequestFacts {
     pub content_type: Option<String>,
     /// The response said `content-disposition: attachment`.
     pub attachment: bool,
+    /// A 206 answer that is not its file's first part.
+    pub later_part: bool,
+    /// The request's `Sec-Fetch-Dest`.
+    pub fetch_dest: Option<String>,
     /// Milliseconds from the request to the response headers.
     pub server_time_ms: Option<u64>,
     /// When the request arrived, in Unix seconds (Matomo's `cdt`).

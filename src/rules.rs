@@ -32,7 +32,22 @@ pub struct Rules {
     /// Upper-cased; empty means every method.
     allowed_methods: Vec<String>,
     ignored_methods: Vec<String>,
+    health_checkers: bool,
 }
+
+/// How known health checkers and uptime probes start their User-Agent: their requests are not
+/// visits (Matomo's own bot detection misses these).
+const HEALTH_CHECKERS: [&str; 9] = [
+    "kube-probe/",
+    "GoogleHC/",
+    "Envoy/HC",
+    "ELB-HealthChecker/",
+    "Consul Health Check",
+    "Blackbox Exporter/",
+    "Prometheus/",
+    "UptimeRobot/",
+    "Pingdom.com_bot",
+];
 
 impl Rules {
     pub fn new(
@@ -49,7 +64,14 @@ impl Rules {
             ua_patterns: compile_all("ignored_ua_patterns", ua_patterns)?,
             allowed_methods: upper(allowed_methods),
             ignored_methods: upper(ignored_methods),
+            health_checkers: false,
         })
+    }
+
+    /// Also ignores the requests of known health checkers, as User-Agent matches.
+    pub fn ignoring_health_checkers(mut self, yes: bool) -> Self {
+        self.health_checkers = yes;
+        self
     }
 
     /// The first reason not to track a request, cheapest checks first. `path` has no query.
@@ -63,11 +85,12 @@ impl Rules {
         if self.patterns.iter().any(|p| p.is_match(path)) {
             return Some(Ignored::Pattern);
         }
-        if !self.ua_patterns.is_empty() {
-            let ua = user_agent.unwrap_or("");
-            if self.ua_patterns.iter().any(|p| p.is_match(ua)) {
-                return Some(Ignored::UserAgent);
-            }
+        let ua = user_agent.unwrap_or("");
+        if self.health_checkers && HEALTH_CHECKERS.iter().any(|h| ua.starts_with(h)) {
+            return Some(Ignored::UserAgent);
+        }
+        if self.ua_patterns.iter().any(|p| p.is_match(ua)) {
+            return Some(Ignored::UserAgent);
         }
         None
     }
@@ -182,6 +205,26 @@ mod tests {
             Some(Ignored::UserAgent)
         );
         assert_eq!(check(&r, "GET", "/", Some("my curl")), None);
+    }
+
+    #[test]
+    fn health_checkers_are_not_visits_unless_asked() {
+        let r = rules(&[], &[], &[], &[], &[]).ignoring_health_checkers(true);
+        for ua in [
+            "kube-probe/1.29",
+            "GoogleHC/1.0",
+            "Envoy/HC",
+            "ELB-HealthChecker/2.0",
+        ] {
+            assert_eq!(
+                check(&r, "GET", "/healthz", Some(ua)),
+                Some(Ignored::UserAgent),
+                "{ua}"
+            );
+        }
+        assert_eq!(check(&r, "GET", "/", Some("Mozilla/5.0 kube-probe")), None);
+        let r = rules(&[], &[], &[], &[], &[]);
+        assert_eq!(check(&r, "GET", "/", Some("kube-probe/1.29")), None);
     }
 
     #[test]

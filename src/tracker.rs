@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::caps;
-use crate::classify::{classify, Kind, Response, Skip};
+use crate::classify::{classify, Kind, Request, Response, Skip};
 use crate::config::Settings;
 use crate::hit::Rand;
 use crate::log_limit::LogLimit;
@@ -109,18 +109,18 @@ impl Tracker {
             .app
             .track_as
             .or(naming.details.and_then(|d| d.track_as));
+        let request = Request {
+            method: &facts.method,
+            path: facts.path_only(),
+            fetch_dest: facts.fetch_dest.as_deref(),
+        };
         let response = Response {
             status: facts.status,
             content_type: facts.content_type.as_deref(),
             attachment: facts.attachment,
+            later_part: facts.later_part,
         };
-        let kind = classify(
-            &facts.method,
-            facts.path_only(),
-            response,
-            forced,
-            hits.kinds(),
-        );
+        let kind = classify(request, response, forced, hits.kinds());
         let tracked = match kind {
             Kind::Ignore(skip) => {
                 self.counters.add(
@@ -311,7 +311,8 @@ mod tests {
         );
         assert_eq!(
             with("/api/cart", 200, "application/json"),
-            Tracked::Queued(Kind::Event)
+            Tracked::Skipped(Skip::Api),
+            "a page's own read"
         );
         assert_eq!(
             with("/a.pdf", 200, "application/pdf"),
@@ -330,14 +331,15 @@ mod tests {
         assert_eq!(t.track(&f, Duration::ZERO), Tracked::Queued(Kind::Event));
         let c: Vec<_> = counts(&mut t);
         for (counter, n) in [
-            (Counter::RequestsTracked, 6),
+            (Counter::RequestsTracked, 5),
             (Counter::TrackedPageview, 2),
             (Counter::TrackedErrorPage, 1),
-            (Counter::TrackedEvent, 2),
+            (Counter::TrackedEvent, 1),
             (Counter::TrackedDownload, 1),
             (Counter::IgnoredAsset, 1),
             (Counter::IgnoredNoContent, 1),
             (Counter::IgnoredAsked, 1),
+            (Counter::IgnoredApi, 1),
         ] {
             assert!(c.contains(&(counter, n)), "{counter:?} {n}: {c:?}");
         }

@@ -123,13 +123,15 @@ def test_the_demo_app_answers_html_unless_a_test_gives_a_content_type(upstream):
 
 
 def test_what_a_request_becomes_follows_its_response(start_envoy, matomo):
-    """Pages are pageviews; scripts, styles and images nothing; redirects nothing; JSON an
-    event; a PDF a download; the app can say otherwise (x-matomo-track-as)."""
+    """Pages are pageviews; scripts, styles and images nothing; redirects nothing; a JSON write
+    an event (a page's own reads nothing); a PDF a download; the app can say otherwise
+    (x-matomo-track-as)."""
     env = start_envoy({**BASE, "api_event_category": "Shop API"})
     typed = lambda ct, **more: {"headers": app_sets({"content-type": ct, **more})}  # noqa: E731
     for path, kw in [("/page", {}), ("/app.js", typed("text/javascript")), ("/logo.png", typed("image/png")),
                      ("/old", {"headers": app_sets({"location": "/new"})}),
-                     ("/api/cart", typed("application/json")),
+                     ("/api/cart", {**typed("application/json"), "method": "POST", "body": b"{}"}),
+                     ("/api/cart-read", typed("application/json")),
                      ("/files/report.pdf", typed("application/pdf")),
                      ("/api/page", typed("application/json", **{"x-matomo-track-as": "pageview"}))]:
         request(env.port, path.replace("/old", "/status/302"), **kw)
@@ -137,9 +139,9 @@ def test_what_a_request_becomes_follows_its_response(start_envoy, matomo):
     assert sorted(hits) == ["/api/cart", "/api/page", "/files/report.pdf", "/page"], sorted(hits)
     assert hits["/page"]["action_name"] == "/page"
     cart = hits["/api/cart"]
-    assert (cart["e_c"], cart["e_a"], cart["e_n"]) == ("Shop API", "GET", "/api/cart") and "action_name" not in cart
+    assert (cart["e_c"], cart["e_a"], cart["e_n"]) == ("Shop API", "POST", "/api/cart") and "action_name" not in cart
     assert hits["/files/report.pdf"]["download"] == hits["/files/report.pdf"]["url"]
     assert hits["/api/page"]["action_name"] == "/api/page" and "e_c" not in hits["/api/page"]
     c = settled_counters(env)
-    assert (c["requests_ignored.asset"], c["requests_ignored.no_content"]) == (2, 1), c
+    assert (c["requests_ignored.asset"], c["requests_ignored.no_content"], c["requests_ignored.api"]) == (2, 1, 1), c
     assert (c["requests_tracked.pageview"], c["requests_tracked.event"], c["requests_tracked.download"]) == (2, 1, 1)
