@@ -5,8 +5,8 @@
 use regex_lite::Regex;
 use serde::Deserialize;
 
+use crate::details::RouteDetails;
 use crate::error::ConfigError;
-use crate::hit::RouteDetails;
 use crate::pattern;
 
 /// One rule as written in the plugin JSON.

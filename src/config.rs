@@ -12,8 +12,9 @@ use serde_json::Value;
 
 use crate::actions::{ActionRules, RawActionRule};
 use crate::classify::{ApiAs, KindOptions};
+use crate::details::RouteDetails;
 use crate::error::ConfigError;
-use crate::hit::{is_visitor_id, HitOptions, HitTemplate, RouteDetails};
+use crate::hit::{is_visitor_id, HitOptions, HitTemplate};
 use crate::identity::VisitorKey;
 use crate::privacy::{is_campaign_param, QueryFilter};
 use crate::rules::Rules;

@@ -1,8 +1,19 @@
 //! matomo-proxy-wasm: server-side Matomo tracking for every request through Envoy or Istio.
 //!
-//! Pure modules (config, rules, actions, privacy, app, request, hit, batch, tracker, metrics,
-//! log_limit) hold all the
-//! logic and are tested natively; `root` and `http` are the thin proxy-wasm glue, built for wasm.
+//! The modules, along the data path; each imports only those above it (docs/development.md):
+//! - leaves, importing nothing of the crate: `error`, `text` (percent-encoding, cutting, PHP's
+//!   parameter names), `caps` (how much of each client value is kept), `metrics` (counter
+//!   names), `log_limit`, `host` (what delivery needs of the host, as a trait);
+//! - the config, compiled once per VM: `pattern` (regexes with limits), `rules` (ignore),
+//!   `classify` (what a request becomes), `details` (params for routes and rules), `actions`
+//!   (naming rules), `privacy` (query filters), `identity` (the daily visitor id), `hit` (the
+//!   hit's template), `sites` (host and path to site), `config` (the plugin JSON);
+//! - a request: `headers` (host header maps), `app` (the app's `x-matomo-*` headers), `request`
+//!   (its facts), `outbox` (hits until the tick), `tracker` (one request to one hit);
+//! - delivery: `leader` (which VM sends), `matomo` (its bulk API and answers), `lanes` (batches
+//!   per visitor lane), `delivery` (the VMs' exchange and the calls);
+//! - the host glue, built for wasm only and imported by nothing: `wasm_host` (every host call),
+//!   `http` (the request context), `root` (the root context).
 
 pub mod actions;
 pub mod app;
@@ -10,6 +21,7 @@ pub mod caps;
 pub mod classify;
 pub mod config;
 pub mod delivery;
+pub mod details;
 pub mod error;
 pub mod headers;
 pub mod hit;

@@ -166,7 +166,7 @@ pub fn shared_queue(name: &str) -> Option<u32> {
     (registered == Status::Ok && id != 0).then_some(id)
 }
 
-/// The host Envoy is, for [`crate::delivery::Delivery`].
+/// The host Envoy is, for the delivery of hits (`delivery.rs`).
 pub struct WasmHost;
 
 impl Host for WasmHost {
