@@ -6,7 +6,13 @@ PY := $(VENV)/bin/python
 WASM := target/wasm32-wasip1/release/matomo_proxy_wasm.wasm
 DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 
-.PHONY: build toolchain deps test lint unit integration test-packages run clean soak
+.PHONY: help build toolchain deps test lint unit integration test-packages run clean soak
+
+## This list: each target with the first line of its comment.
+help:
+	@awk '/^## /{ if (!doc) doc = substr($$0, 4); next } \
+	  /^[a-z][a-z-]*:/{ split($$1, t, ":"); if (doc) printf "  make %-20s %s\n", t[1], doc } { doc = "" }' \
+	  $(MAKEFILE_LIST)
 
 ## The release module (rust-toolchain.toml makes rustup add the wasm32-wasip1 target).
 ## Then wasm-opt -Oz (Debian: binaryen) from cargo's output in deps/ into the final path, only when
@@ -15,8 +21,13 @@ DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 WASM_RAW := target/wasm32-wasip1/release/deps/matomo_proxy_wasm.wasm
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
+## The module is reproducible (the WasmPlugins pin its image's digest) with the toolchain of
+## rust-toolchain.toml and Debian 12's binaryen 108: another wasm-opt may give other bytes.
+WASM_OPT_VERSION := 108
 build: toolchain
 	@$(call debian,$(call has,wasm-opt),binaryen)
+	@wasm-opt --version | grep -qw "version $(WASM_OPT_VERSION)" || echo "warning: $$(wasm-opt --version) \
+	  is not binaryen $(WASM_OPT_VERSION): the module, and the sha256 the WasmPlugins pin, may differ" >&2
 	cargo build --release --target wasm32-wasip1
 	@if [ $(WASM_RAW) -ef $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
 	  wasm-opt -Oz $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_RAW) -o $(WASM).tmp \

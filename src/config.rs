@@ -74,6 +74,10 @@ struct RawConfig {
     retry_window: Seconds,
     #[serde(default = "default_response_header_prefix")]
     response_header_prefix: String,
+    /// What the filter's stats are named under (`wasmcustom.<prefix>.hits_sent`): two instances
+    /// of the filter in one Envoy keep their counters apart with two prefixes.
+    #[serde(default = "default_metrics_prefix")]
+    metrics_prefix: String,
     #[serde(default)]
     uid_header: Option<String>,
     #[serde(default)]
@@ -183,6 +187,9 @@ fn default_queue_bytes() -> usize {
 fn default_retry_window() -> Seconds {
     Seconds(60.0)
 }
+fn default_metrics_prefix() -> String {
+    "matomo".to_owned()
+}
 fn default_response_header_prefix() -> String {
     "x-matomo-".to_owned()
 }
@@ -203,6 +210,7 @@ pub struct Settings {
     pub tokens: Vec<Option<Secret>>,
     pub headers: HeaderSources,
     pub track_local_replies: bool,
+    pub metrics_prefix: String,
     /// Accepted but doubtful choices, logged once at start.
     pub warnings: Vec<String>,
     /// A hash of the plugin JSON: the VMs of one Envoy that share it share one queue of hits.
@@ -226,7 +234,7 @@ struct Compiled {
 
 /// Keys a `sites` entry takes: where it applies, its site and token, and what people
 /// plausibly set per site. The rest of the config is shared.
-const SITE_KEYS: [&str; 31] = [
+const SITE_KEYS: [&str; 30] = [
     "hosts",
     "path_prefix",
     "id_site",
@@ -243,7 +251,6 @@ const SITE_KEYS: [&str; 31] = [
     "action_rules",
     "strip_query_params",
     "keep_query_params",
-    "dimension_headers",
     "bots",
     "every_request_a_pageview",
     "api_requests_as",
@@ -278,6 +285,8 @@ pub struct HeaderSources {
     pub cid: Option<String>,
     /// (request header, custom dimension N)
     pub dimensions: Vec<(String, u16)>,
+    /// Some site reads the JavaScript tracker's cookie (`read_visitor_cookie`).
+    pub cookie: bool,
 }
 
 /// Where hits go: the `:authority` and `:path` of bulk calls to Matomo, and the path of its
@@ -339,9 +348,24 @@ impl Settings {
                 "no configuration given; `matomo_url` and `id_site` are required",
             ));
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let mut raw: RawConfig =
-            serde_path_to_error::deserialize(de).map_err(|e| read_error(e, ""))?;
+        // Through a Value, as the sites entries are: one copy of the large generated
+        // deserializer in the module, not two (every function costs V8 memory to compile).
+        let json: Value = serde_json::from_slice(bytes).map_err(|e| {
+            ConfigError::new("", format!("not JSON: {}", strip_position(&e.to_string())))
+        })?;
+        let Value::Object(mut base) = json else {
+            return Err(ConfigError::new(
+                "",
+                "the configuration must be a JSON object",
+            ));
+        };
+        let sites_json = base.remove("sites");
+        let mut whole = base.clone();
+        if let Some(sites) = sites_json {
+            whole.insert("sites".into(), sites);
+        }
+        let mut raw: RawConfig = serde_path_to_error::deserialize(Value::Object(whole))
+            .map_err(|e| read_error(e, ""))?;
         let entries = std::mem::take(&mut raw.sites);
         if raw.id_site.is_none() && entries.is_empty() {
             return Err(ConfigError::new("id_site", "missing field `id_site`"));
@@ -360,7 +384,7 @@ impl Settings {
             fallback: None,
         };
         if !entries.is_empty() {
-            let base = base_object(bytes)?;
+            let base = canonical(base);
             for (i, entry) in entries.iter().enumerate() {
                 let at = format!("sites[{i}]");
                 let (scope, merged) = site_entry(&at, entry, &base)?;
@@ -390,6 +414,7 @@ impl Settings {
         }
         settings.warnings.sort();
         settings.warnings.dedup();
+        settings.headers.cookie = sites.all().any(|s| s.hits.reads_cookie());
         settings.sites = sites;
         settings.tokens = tokens;
         settings.fingerprint = fnv64(bytes);
@@ -420,18 +445,7 @@ fn read_error<E: fmt::Display>(e: serde_path_to_error::Error<E>, prefix: &str) -
     ConfigError::new(format!("{prefix}{key}"), message)
 }
 
-/// The top-level JSON object without `sites`, asgi-matomo's names read as flask-matomo2's.
-fn base_object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, ConfigError> {
-    let Ok(Value::Object(mut base)) = serde_json::from_slice::<Value>(bytes) else {
-        return Err(ConfigError::new(
-            "",
-            "the configuration must be a JSON object",
-        ));
-    };
-    base.remove("sites");
-    Ok(canonical(base))
-}
-
+/// An object with asgi-matomo's names read as flask-matomo2's.
 fn canonical(object: serde_json::Map<String, Value>) -> serde_json::Map<String, Value> {
     object
         .into_iter()
@@ -668,6 +682,17 @@ impl RawConfig {
                 ),
             ));
         }
+        if self.metrics_prefix.is_empty()
+            || !self
+                .metrics_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(ConfigError::new(
+                "metrics_prefix",
+                "must be letters, digits and _ (a segment of Envoy's stat names)",
+            ));
+        }
         if self.api_event_category.trim().is_empty() {
             return Err(ConfigError::new("api_event_category", "must not be empty"));
         }
@@ -708,6 +733,7 @@ impl RawConfig {
                     ))
                 })
                 .collect::<Result<_, ConfigError>>()?,
+            cookie: false,
         };
         let options = HitOptions {
             base_url,
@@ -754,6 +780,7 @@ impl RawConfig {
                 tokens: Vec::new(),
                 headers,
                 track_local_replies: self.track_local_replies,
+                metrics_prefix: self.metrics_prefix,
                 warnings,
                 fingerprint: 0,
             },
@@ -1184,6 +1211,7 @@ mod tests {
                 uid: Some("x-user".into()),
                 cid: Some("x-visitor".into()),
                 dimensions: vec![("x-tenant".into(), 1), ("x-api-version".into(), 2)],
+                cookie: false,
             }
         );
         assert_eq!(
@@ -1343,6 +1371,23 @@ mod tests {
             parse(&with("")).unwrap().fingerprint,
             parse(&with(r#""batch_size":7"#)).unwrap().fingerprint
         );
+    }
+
+    #[test]
+    fn metrics_prefix_names_the_stats() {
+        assert_eq!(parse(&with("")).unwrap().metrics_prefix, "matomo");
+        assert_eq!(
+            parse(&with(r#""metrics_prefix":"shop_2""#))
+                .unwrap()
+                .metrics_prefix,
+            "shop_2"
+        );
+        for bad in ["", "a.b", "a b", "x-y"] {
+            assert_eq!(
+                err(&with(&format!(r#""metrics_prefix":"{bad}""#))).key,
+                "metrics_prefix"
+            );
+        }
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl HeaderMap {
     /// `escapes`, not inside a `%XX` escape); true when cut. Only what is kept is converted.
     pub fn get_capped(&self, name: &str, max: usize, escapes: bool) -> Option<(String, bool)> {
         let value = self.values(name).next()?;
-        Some(capped([value].into_iter(), "", max, escapes))
+        Some(capped_value(value, max, escapes))
     }
 
     /// Every value of a header (a header may be sent several times, as `cookie` may), joined
@@ -82,6 +82,19 @@ impl HeaderMap {
     ) -> Option<(String, bool)> {
         self.values(name).next()?;
         Some(capped(self.values(name), separator, max, false))
+    }
+
+    /// The first value of each of `N` headers, in one pass over the map.
+    pub fn first_of<const N: usize>(&self, names: [&str; N]) -> [Option<&[u8]>; N] {
+        let mut found = [None; N];
+        for (name, value) in Pairs::new(&self.0) {
+            for (slot, wanted) in found.iter_mut().zip(names) {
+                if slot.is_none() && name == wanted.as_bytes() {
+                    *slot = Some(value);
+                }
+            }
+        }
+        found
     }
 
     fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
@@ -101,6 +114,11 @@ impl HeaderMap {
                 )
             })
     }
+}
+
+/// One value converted lossily and cut like [`HeaderMap::get_capped`]; true when cut.
+pub fn capped_value(value: &[u8], max: usize, escapes: bool) -> (String, bool) {
+    capped([value].into_iter(), "", max, escapes)
 }
 
 /// Values joined and converted lossily, reading at most a few bytes past `max`, then cut.
@@ -179,6 +197,20 @@ mod tests {
         assert_eq!(map.get("user-agent").as_deref(), Some("\u{fffd}"));
         assert_eq!(map.get("referer"), None);
         assert_eq!(HeaderMap::new(Vec::new()).get(":path"), None);
+    }
+
+    #[test]
+    fn first_values_of_several_headers_in_one_pass() {
+        let map = HeaderMap::new(encode(&[
+            (b":path", b"/a"),
+            (b"cookie", b"a=1"),
+            (b"cookie", b"b=2"),
+            (b":method", b"GET"),
+        ]));
+        assert_eq!(
+            map.first_of([":method", "cookie", "referer", ":path"]),
+            [Some(&b"GET"[..]), Some(&b"a=1"[..]), None, Some(&b"/a"[..])]
+        );
     }
 
     #[test]

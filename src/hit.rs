@@ -164,6 +164,10 @@ impl HitTemplate {
     pub fn assume_https(&self) -> bool {
         self.options.assume_https
     }
+    /// Hits carry the JavaScript tracker's visitor id, from its cookie.
+    pub fn reads_cookie(&self) -> bool {
+        self.options.read_visitor_cookie
+    }
     /// Hits carry `cip` only with a token: Matomo ignores it otherwise.
     pub fn with_client_ip(&self) -> bool {
         self.options.with_client_ip

@@ -13,6 +13,7 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::app::AppParams;
 use crate::caps;
+use crate::headers::capped_value;
 use crate::request::{client_ip, RequestFacts};
 use crate::rules::Ignored;
 use crate::text::lossy;
@@ -143,21 +144,32 @@ impl HttpContext for Filter {
 /// answer it, tracks it; `seen` is asked only then, so an ignored request costs no more host
 /// calls. Every value is capped as it is read (see [`caps`]).
 pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen) {
-    // One host call for all request headers; lookups then happen in the module.
+    // One host call for all request headers, one pass over them for the fixed ones.
     let request = host::map(MapType::HttpRequestHeaders);
+    let fixed = request.first_of([
+        ":path",
+        ":method",
+        ":authority",
+        "user-agent",
+        ":scheme",
+        "accept-language",
+        "referer",
+        "sec-fetch-dest",
+    ]);
+    let [path, method, authority, user_agent, scheme, accept_language, referer, fetch_dest] = fixed;
     let mut truncated = false;
-    let mut header = |name: &str, max: usize, escapes: bool| {
-        let (value, cut_off) = request.get_capped(name, max, escapes)?;
+    let mut keep = |value: Option<&[u8]>, max: usize, escapes: bool| {
+        let (value, cut_off) = capped_value(value?, max, escapes);
         truncated |= cut_off;
         Some(value)
     };
     // No path: nothing a visit could show (an access logger also sees what the codec refused).
-    let Some(path) = header(":path", caps::PATH, true) else {
+    let Some(path) = keep(path, caps::PATH, true) else {
         return;
     };
-    let method = header(":method", caps::TOKEN, false).unwrap_or_default();
-    let authority = header(":authority", caps::AUTHORITY, false).unwrap_or_default();
-    let user_agent = header("user-agent", caps::USER_AGENT, false);
+    let method = keep(method, caps::TOKEN, false).unwrap_or_default();
+    let authority = keep(authority, caps::AUTHORITY, false).unwrap_or_default();
+    let user_agent = keep(user_agent, caps::USER_AGENT, false);
     if tracker
         .ignored(&method, &path, &authority, user_agent.as_deref())
         .is_some()
@@ -179,24 +191,28 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         .map(lossy)
         .and_then(|a| client_ip(&a).map(str::to_owned));
     let sources = &tracker.settings.headers;
-    let scheme = header(":scheme", caps::TOKEN, false).unwrap_or_default();
-    let accept_language = header("accept-language", caps::ACCEPT_LANGUAGE, false);
-    let referer = header("referer", caps::REFERER, true);
+    let scheme = keep(scheme, caps::TOKEN, false).unwrap_or_default();
+    let accept_language = keep(accept_language, caps::ACCEPT_LANGUAGE, false);
+    let referer = keep(referer, caps::REFERER, true);
+    let fetch_dest = keep(fetch_dest, caps::TOKEN, false);
+    let mut header = |name: &str, max: usize| keep(request.first_of([name])[0], max, false);
     let uid = sources
         .uid
         .as_deref()
-        .and_then(|name| header(name, caps::USER_ID, false));
+        .and_then(|name| header(name, caps::USER_ID));
     let cid = sources
         .cid
         .as_deref()
-        .and_then(|name| header(name, caps::TOKEN, false));
+        .and_then(|name| header(name, caps::TOKEN));
     let dimensions = sources
         .dimensions
         .iter()
-        .filter_map(|(name, n)| Some((*n, header(name, caps::DIMENSION, false)?)))
+        .filter_map(|(name, n)| Some((*n, header(name, caps::DIMENSION)?)))
         .collect();
-    let cookie = request
-        .get_all_capped("cookie", "; ", caps::COOKIE)
+    let cookie = sources
+        .cookie
+        .then(|| request.get_all_capped("cookie", "; ", caps::COOKIE))
+        .flatten()
         .map(|(cookies, _)| cookies);
     let facts = RequestFacts {
         method,
@@ -210,7 +226,7 @@ pub fn track_finished(tracker: &mut Tracker, seen: impl FnOnce(&Tracker) -> Seen
         content_type: seen.content_type,
         attachment: seen.attachment,
         later_part: seen.later_part,
-        fetch_dest: header("sec-fetch-dest", caps::TOKEN, false),
+        fetch_dest,
         server_time_ms: seen
             .server_time
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),

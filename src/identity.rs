@@ -52,7 +52,9 @@ impl VisitorKey {
             h.write(part);
         }
         h.write(&site.to_le_bytes());
-        format!("{:016x}", h.finish())
+        let mut id = Vec::with_capacity(16);
+        crate::text::push_hex(&mut id, h.finish(), 16);
+        String::from_utf8(id).unwrap_or_default()
     }
 }
 

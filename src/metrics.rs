@@ -1,6 +1,7 @@
 //! The filter's counters, named in one place. Per-request code only bumps a local array; the
 //! root context hands the sums to Envoy on each tick, so tracking a request costs no host call
-//! for statistics. Envoy shows them as `wasmcustom.matomo.<name>` in `/stats`.
+//! for statistics. Envoy shows them as `wasmcustom.<metrics_prefix>.<name>` in `/stats`
+//! (`wasmcustom.matomo.hits_sent` by default).
 
 /// One counter per thing an operator asks about: what was seen, tracked, ignored and why,
 /// sent, retried, dropped, and refused by Matomo.
@@ -78,42 +79,43 @@ impl Counter {
         Counter::BatchesFailed,
     ];
 
-    /// The stat name Envoy is given (it prefixes `wasmcustom.`).
+    /// The stat name Envoy is given, after `metrics_prefix` and a dot (Envoy prefixes
+    /// `wasmcustom.`): `wasmcustom.matomo.hits_sent`.
     pub fn name(self) -> &'static str {
         match self {
-            Counter::RequestsSeen => "matomo.requests_seen",
-            Counter::RequestsTracked => "matomo.requests_tracked",
-            Counter::IgnoredRoute => "matomo.requests_ignored.route",
-            Counter::IgnoredPattern => "matomo.requests_ignored.pattern",
-            Counter::IgnoredUserAgent => "matomo.requests_ignored.user_agent",
-            Counter::IgnoredMethod => "matomo.requests_ignored.method",
-            Counter::IgnoredApp => "matomo.requests_ignored.app",
-            Counter::IgnoredLocalReply => "matomo.requests_ignored.local_reply",
-            Counter::IgnoredNoUrl => "matomo.requests_ignored.no_url",
-            Counter::IgnoredNoSite => "matomo.requests_ignored.no_site",
-            Counter::IgnoredAsset => "matomo.requests_ignored.asset",
-            Counter::IgnoredNoContent => "matomo.requests_ignored.no_content",
-            Counter::IgnoredApi => "matomo.requests_ignored.api",
-            Counter::IgnoredDownload => "matomo.requests_ignored.download",
-            Counter::IgnoredAsked => "matomo.requests_ignored.track_as",
-            Counter::TrackedPageview => "matomo.requests_tracked.pageview",
-            Counter::TrackedErrorPage => "matomo.requests_tracked.error_page",
-            Counter::TrackedDownload => "matomo.requests_tracked.download",
-            Counter::TrackedEvent => "matomo.requests_tracked.event",
-            Counter::AppParamsRefused => "matomo.app_params_refused",
-            Counter::HitsSent => "matomo.hits_sent",
-            Counter::HitsRetried => "matomo.hits_retried",
-            Counter::HitsDropped => "matomo.hits_dropped",
-            Counter::HitsDroppedQueueFull => "matomo.hits_dropped.queue_full",
-            Counter::HitsDroppedRetryWindow => "matomo.hits_dropped.retry_window",
-            Counter::HitsDroppedRefused => "matomo.hits_dropped.refused",
-            Counter::HitsDroppedInvalid => "matomo.hits_dropped.invalid",
-            Counter::HitsInvalid => "matomo.hits_invalid",
-            Counter::HitsTruncated => "matomo.hits_truncated",
-            Counter::HitsResentAfterTimeout => "matomo.hits_resent_after_timeout",
-            Counter::BatchesSplit => "matomo.batches_split",
-            Counter::BatchesSent => "matomo.batches_sent",
-            Counter::BatchesFailed => "matomo.batches_failed",
+            Counter::RequestsSeen => "requests_seen",
+            Counter::RequestsTracked => "requests_tracked",
+            Counter::IgnoredRoute => "requests_ignored.route",
+            Counter::IgnoredPattern => "requests_ignored.pattern",
+            Counter::IgnoredUserAgent => "requests_ignored.user_agent",
+            Counter::IgnoredMethod => "requests_ignored.method",
+            Counter::IgnoredApp => "requests_ignored.app",
+            Counter::IgnoredLocalReply => "requests_ignored.local_reply",
+            Counter::IgnoredNoUrl => "requests_ignored.no_url",
+            Counter::IgnoredNoSite => "requests_ignored.no_site",
+            Counter::IgnoredAsset => "requests_ignored.asset",
+            Counter::IgnoredNoContent => "requests_ignored.no_content",
+            Counter::IgnoredApi => "requests_ignored.api",
+            Counter::IgnoredDownload => "requests_ignored.download",
+            Counter::IgnoredAsked => "requests_ignored.track_as",
+            Counter::TrackedPageview => "requests_tracked.pageview",
+            Counter::TrackedErrorPage => "requests_tracked.error_page",
+            Counter::TrackedDownload => "requests_tracked.download",
+            Counter::TrackedEvent => "requests_tracked.event",
+            Counter::AppParamsRefused => "app_params_refused",
+            Counter::HitsSent => "hits_sent",
+            Counter::HitsRetried => "hits_retried",
+            Counter::HitsDropped => "hits_dropped",
+            Counter::HitsDroppedQueueFull => "hits_dropped.queue_full",
+            Counter::HitsDroppedRetryWindow => "hits_dropped.retry_window",
+            Counter::HitsDroppedRefused => "hits_dropped.refused",
+            Counter::HitsDroppedInvalid => "hits_dropped.invalid",
+            Counter::HitsInvalid => "hits_invalid",
+            Counter::HitsTruncated => "hits_truncated",
+            Counter::HitsResentAfterTimeout => "hits_resent_after_timeout",
+            Counter::BatchesSplit => "batches_split",
+            Counter::BatchesSent => "batches_sent",
+            Counter::BatchesFailed => "batches_failed",
         }
     }
 }
@@ -132,7 +134,7 @@ pub enum Dropped {
 }
 
 /// The gauge of hits held for Matomo (queued, waiting or in flight) by the VM that sends.
-pub const HITS_QUEUED: &str = "matomo.hits_queued";
+pub const HITS_QUEUED: &str = "hits_queued";
 
 /// Counts not yet handed to Envoy.
 #[derive(Debug)]
@@ -186,7 +188,9 @@ mod tests {
     #[test]
     fn names_are_unique_and_prefixed() {
         let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();
-        assert!(names.iter().all(|n| n.starts_with("matomo.")));
+        assert!(names.iter().all(|n| n
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')));
         names.sort();
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());

@@ -3,6 +3,7 @@
 //! request. Pure.
 
 use crate::request::RequestFacts;
+use crate::text::push_hex;
 
 /// A hit on its way: its token group (the bulk calls it may share, see `Settings::tokens`), its
 /// visitor key, when its request arrived (Unix milliseconds: the sender puts hits from several
@@ -59,7 +60,9 @@ pub fn encode(entries: &[Entry]) -> Vec<u8> {
     let size = entries.iter().map(|(_, _, _, h)| h.len() + 25).sum();
     let mut out = Vec::with_capacity(size);
     for (group, key, at, hit) in entries {
-        out.extend_from_slice(format!("{group:04x}{key:08x}{at:012x}").as_bytes());
+        push_hex(&mut out, *group as u64, 4);
+        push_hex(&mut out, u64::from(*key), 8);
+        push_hex(&mut out, *at, 12);
         out.extend_from_slice(hit.as_bytes());
         out.push(b'\n');
     }

@@ -114,9 +114,9 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_vm_start(&mut self, _: usize) -> bool {
         log::info!(
-            "matomo-proxy-wasm {} ({}) starting",
+            "matomo-proxy-wasm {} (source {}) starting",
             env!("CARGO_PKG_VERSION"),
-            option_env!("MATOMO_PROXY_WASM_COMMIT").unwrap_or("unknown commit")
+            env!("MATOMO_PROXY_WASM_SOURCE")
         );
         true
     }
@@ -130,11 +130,17 @@ impl RootContext for Root {
                 return false;
             }
         };
+        let prefix = &settings.metrics_prefix;
         self.metrics = Counter::ALL
             .into_iter()
-            .filter_map(|c| Some((c, host::define_metric(MetricType::Counter, c.name())?)))
+            .filter_map(|c| {
+                let id =
+                    host::define_metric(MetricType::Counter, &format!("{prefix}.{}", c.name()))?;
+                Some((c, id))
+            })
             .collect();
-        self.queued_gauge = host::define_metric(MetricType::Gauge, HITS_QUEUED);
+        self.queued_gauge =
+            host::define_metric(MetricType::Gauge, &format!("{prefix}.{HITS_QUEUED}"));
         if !host::set_tick_period(settings.batch.flush_interval.min(MAX_TICK)) {
             log::error!("could not set the tick period");
             return false;

@@ -83,6 +83,19 @@ pub fn push_number(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(digits.get(start..).unwrap_or_default());
 }
 
+/// The last `digits` hex digits of `n`, lower-case, without `format!`'s machinery.
+pub fn push_hex(out: &mut Vec<u8>, n: u64, digits: u32) {
+    for shift in (0..digits).rev() {
+        let nibble = (n >> (shift * 4)) & 0xf;
+        out.push(
+            b"0123456789abcdef"
+                .get(nibble as usize)
+                .copied()
+                .unwrap_or(b'0'),
+        );
+    }
+}
+
 /// Decodes `%XX` escapes for a readable action name; malformed escapes stay as they are.
 pub fn percent_decode_lossy(s: &str) -> Cow<'_, str> {
     if !s.contains('%') {
@@ -220,6 +233,14 @@ mod tests {
             encode_uri_component("/a b?x=1&y=(ok)!*'~é"),
             "%2Fa%20b%3Fx%3D1%26y%3D(ok)!*'~%C3%A9"
         );
+    }
+
+    #[test]
+    fn hex_is_written_to_the_digits_asked() {
+        let mut out = Vec::new();
+        push_hex(&mut out, 0xab, 4);
+        push_hex(&mut out, u64::MAX, 16);
+        assert_eq!(out, b"00abffffffffffffffff");
     }
 
     #[test]

@@ -61,6 +61,33 @@ def test_counters_are_in_stats_and_prometheus_under_documented_names(start_envoy
     assert set(vm) >= {"vm_reload", "vm_reload_success", "vm_reload_failure", "vm_reload_backoff"}, vm
 
 
+def test_two_filters_in_one_envoy_keep_their_counters_apart_by_metrics_prefix(matomo, upstream, envoys):
+    """Two instances of the filter (two plugin configs) each count only their own requests; the
+    first one ignores /b, the second /a."""
+    port, admin = E.free_port(), E.free_port()
+    first = E.wasm_filter(config(metrics_prefix="shop", ignored_routes=["/b"]))
+    second = E.wasm_filter(config(metrics_prefix="docs", ignored_routes=["/a"]))
+    second["typed_config"]["config"]["name"] = "matomo-docs"
+    cfg = E.bootstrap(listen_port=port, admin_port=admin, upstream_port=upstream.port, matomo_port=matomo.port,
+                      http_filters=[first, second])
+    envoy = E.Envoy(cfg).start()
+    envoys.append(envoy)
+    for path in ("/a", "/a", "/b"):
+        assert timed_get(port, path)[0] == 200
+    wait_until(lambda: envoy.counters("wasmcustom.shop.").get("requests_seen") == 3
+               and envoy.counters("wasmcustom.docs.").get("requests_seen") == 3)
+    shop, docs = envoy.counters("wasmcustom.shop."), envoy.counters("wasmcustom.docs.")
+    assert (shop["requests_tracked"], shop["requests_ignored.route"]) == (2, 1), shop
+    assert (docs["requests_tracked"], docs["requests_ignored.route"]) == (1, 2), docs
+    assert envoy.counters("wasmcustom.matomo.") == {}
+
+
+def test_the_module_says_its_version_and_source_when_its_vm_starts(start_envoy):
+    envoy = start_envoy(config())
+    lines = [line for line in envoy.log().splitlines() if "matomo-proxy-wasm 0." in line]
+    assert lines and re.search(r"matomo-proxy-wasm \d+\.\d+\.\d+ \(source [0-9a-f]{16}\) starting", lines[0]), lines
+
+
 # --- secrets ----------------------------------------------------------------------------------
 
 TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"

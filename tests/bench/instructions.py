@@ -29,7 +29,8 @@ from tests.support.envoy import Envoy, envoy_executable, free_port, wasm_filter
 from tests.support.flood import HOSTILE_HEADERS, HOSTILE_PATH, README_RULES
 
 MAIN = ["none", "noop", "filter", "filter-ignored", "access-log", "noop access-log",
-        "per-request-wasm", "per-request-lua", "probe: 20 clock reads", "probe: 20 header-map reads"]
+        "per-request-wasm", "per-request-lua", "probe: 20 clock reads", "probe: 20 header-map reads",
+        "probe: 20 property reads"]
 
 
 def probes() -> dict[str, tuple[list, int, bool, str]]:
@@ -39,6 +40,8 @@ def probes() -> dict[str, tuple[list, int, bool, str]]:
                                   "probe module, 20 × proxy_get_current_time_nanoseconds per request"),
         "probe: 20 header-map reads": ([wasm_filter("headers:20", wasm=SPIN_WASM)], 1, False,
                                        "probe module, 20 × proxy_get_header_map_pairs (request) per request"),
+        "probe: 20 property reads": ([wasm_filter("property:20", wasm=SPIN_WASM)], 1, False,
+                                     "probe module, 20 × proxy_get_property (source.address) per request"),
     }
 
 

@@ -2,7 +2,8 @@
 //! callback, so the benchmark can tell whether work done there adds to the client's latency, or
 //! repeats one host call in `on_log`, so the benchmark can price a host call in Envoy's CPU.
 //! Plugin config: `log:50` (burn in on_log), `response:50` (burn in on_http_response_headers),
-//! `clock:20` (20 clock reads), `headers:20` (20 reads of the whole request header map).
+//! `clock:20` (20 clock reads), `headers:20` (20 reads of the whole request header map),
+//! `property:20` (20 reads of `source.address`).
 
 use std::time::{Duration, SystemTime};
 
@@ -13,6 +14,24 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType, Status};
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> Status;
+}
+
+/// The raw ABI read of a property, as the filter makes it.
+fn property_bytes(path: &[u8]) -> usize {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
+    if status != Status::Ok || data.is_null() {
+        return 0;
+    }
+    drop(unsafe { Vec::from_raw_parts(data, size, size) });
+    size
 }
 
 /// The raw ABI read the filter makes (the SDK's wrapper also decodes every pair): the host
@@ -36,6 +55,7 @@ enum Probe {
     BurnInResponse(u64),
     Clock(u32),
     Headers(u32),
+    Property(u32),
 }
 
 struct Root(Probe);
@@ -61,6 +81,7 @@ impl RootContext for Root {
             "response" => Probe::BurnInResponse(n.into()),
             "clock" => Probe::Clock(n),
             "headers" => Probe::Headers(n),
+            "property" => Probe::Property(n),
             _ => Probe::BurnInLog(n.into()),
         };
         true
@@ -92,6 +113,11 @@ impl HttpContext for Request {
             Probe::Headers(n) => {
                 for _ in 0..n {
                     std::hint::black_box(header_map_bytes());
+                }
+            }
+            Probe::Property(n) => {
+                for _ in 0..n {
+                    std::hint::black_box(property_bytes(b"source\0address"));
                 }
             }
             Probe::BurnInResponse(_) => {}
