@@ -282,10 +282,15 @@ class RealMatomo:
 def wait_for_counters(envoy, timeout: float = 60.0, **expected: int) -> dict[str, int]:
     """Waits until each named filter counter of the Envoy (`hits_sent=10, hits_invalid=10`) has
     reached its value, then returns all counters; fails with the counters seen when time runs out.
-    The counters move only once Matomo has answered, so after this the hits are in Matomo."""
+    The counters move only once Matomo has answered, so after this the hits are in Matomo. Given a
+    list of Envoys (a fleet), it waits for the sums of their counters."""
+    fleet = envoy if isinstance(envoy, list) else [envoy]
     deadline = time.monotonic() + timeout
     while True:
-        counters = envoy.counters()
+        counters: dict[str, int] = {}
+        for one in fleet:
+            for name, value in one.counters().items():
+                counters[name] = counters.get(name, 0) + value
         if all(counters.get(name, 0) >= n for name, n in expected.items()):
             return counters
         if time.monotonic() >= deadline:
