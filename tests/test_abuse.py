@@ -31,7 +31,7 @@ def closed_port() -> int:
 
 def vm_trouble(envoy) -> list[str]:
     """Log lines of a VM that failed, ran out of memory or was restarted."""
-    needles = ("Uncaught", "memory allocation", "failed", "unreachable", "VM is dead")
+    needles = ("Uncaught", "memory allocation", "failed", "RuntimeError: unreachable", "VM is dead")
     return [line for line in envoy.log().splitlines() if "wasm" in line and any(n in line for n in needles)]
 
 
