@@ -69,6 +69,24 @@ def local_matomo(real_matomo):
 
 
 @pytest.fixture(scope="session")
+def queued_matomo():
+    """A second local Matomo with QueuedTracking on (its own directory and ports, see
+    `real_matomo.queued_settings`), brought up by ../shared/matomo/setup.sh; tests read what it
+    recorded after `process_queue()`. Skips without setup.sh (fails under CI=true)."""
+    try:
+        matomo = RealMatomo.start_queued()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
+        unavailable(f"the QueuedTracking Matomo did not come up: {str(e).strip().splitlines()[-1]}")
+    if matomo is None:
+        unavailable("no QueuedTracking Matomo: it needs ../shared/matomo/setup.sh (MATOMO_SHARED names another "
+                    "directory)")
+    if not matomo.queued:
+        unavailable(f"setup.sh did not turn QueuedTracking on at {matomo.url}")
+    print(f"\nQueuedTracking Matomo: {matomo.url}")
+    return matomo
+
+
+@pytest.fixture(scope="session")
 def upstream():
     u = Upstream().start()
     yield u

@@ -13,6 +13,10 @@ Where it comes from (`RealMatomo.locate`):
 Each test creates its own site (`add_site`), so tests share the instance without cleaning up and
 `visits(idsite)` holds exactly what the test sent.
 
+`RealMatomo.start_queued()` brings up a second local instance with QueuedTracking on (see
+`queued_settings`): the plugin covers a whole Matomo, and the other tests need their hits recorded
+as they arrive, so it never runs on the instance they share.
+
 `python3 -m tests.support.real_matomo packages` prints the Debian packages the local instance
 needs (read from setup.sh), for the Makefile.
 """
@@ -59,22 +63,43 @@ def setup_packages(directory: Path) -> list[str]:
     return m.group(1).split() if m else []
 
 
-def run_script(directory: Path, script: str, timeout: float = 600) -> str:
+def run_script(directory: Path, script: str, timeout: float = 600, settings: dict[str, str] | None = None) -> str:
     """Runs setup.sh or stop.sh with this process's environment, so MATOMO_BASE, MATOMO_DB_PORT and
     MATOMO_HTTP_PORT pass through (give all three, or setup.sh mixes the instance's directory with
-    the default one's ports); returns its output."""
-    done = subprocess.run(["bash", str(directory / script)], capture_output=True, text=True, timeout=timeout)
+    the default one's ports), `settings` taking precedence; returns its output."""
+    done = subprocess.run(["bash", str(directory / script)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(settings or {})})
     if done.returncode != 0:
         raise RuntimeError(f"{script} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done.stdout
 
 
+def queued_settings() -> dict[str, str]:
+    """setup.sh's settings for the QueuedTracking instance: `MATOMO_QT_BASE`, `MATOMO_QT_DB_PORT`
+    and `MATOMO_QT_HTTP_PORT`, by default /tmp/matomo-qt on ports 3321 and 8101. Refused when they
+    name the instance the other tests use (MATOMO_BASE, MATOMO_HTTP_PORT, or setup.sh's defaults)."""
+    settings = {"MATOMO_BASE": os.environ.get("MATOMO_QT_BASE", "/tmp/matomo-qt"),
+                "MATOMO_DB_PORT": os.environ.get("MATOMO_QT_DB_PORT", "3321"),
+                "MATOMO_HTTP_PORT": os.environ.get("MATOMO_QT_HTTP_PORT", "8101"),
+                "MATOMO_QUEUED_TRACKING": "1"}
+    shared = {"MATOMO_BASE": os.environ.get("MATOMO_BASE", "/tmp/matomo-e2e"),
+              "MATOMO_DB_PORT": os.environ.get("MATOMO_DB_PORT", "3307"),
+              "MATOMO_HTTP_PORT": os.environ.get("MATOMO_HTTP_PORT", "8089")}
+    same = [k for k, v in shared.items() if settings[k] == v]
+    if same:
+        raise RuntimeError(f"the QueuedTracking instance would share {', '.join(same)} with the instance the "
+                           "other tests use: set MATOMO_QT_BASE, MATOMO_QT_DB_PORT and MATOMO_QT_HTTP_PORT apart")
+    return settings
+
+
 @dataclass
 class Local:
-    """The instance setup.sh brought up: its scripts and the settings it wrote to `$MATOMO_BASE/env`."""
+    """The instance setup.sh brought up: its scripts, the settings it was run with (on top of this
+    process's environment), and those it wrote to `$MATOMO_BASE/env`."""
 
     directory: Path
     env: dict[str, str]
+    settings: dict[str, str]
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -113,18 +138,26 @@ class RealMatomo:
         return local, f"{local.local.directory}/setup.sh at {local.url}"
 
     @classmethod
-    def start_local(cls) -> RealMatomo | None:
-        """The local instance, brought up by setup.sh; None when there is no setup.sh."""
+    def start_local(cls, settings: dict[str, str] | None = None) -> RealMatomo | None:
+        """The local instance, brought up by setup.sh (with `settings` in its environment); None
+        when there is no setup.sh."""
         directory = shared_dir()
         if directory is None:
             return None
-        out = run_script(directory, "setup.sh")
+        settings = settings or {}
+        out = run_script(directory, "setup.sh", settings=settings)
         # setup.sh's last line names the env file it wrote: "... (in BASE/pids; settings in BASE/env)".
         m = re.search(r"settings in (\S+)\)", out)
         if not m:
             raise RuntimeError(f"setup.sh did not say where its settings are:\n{out}")
         env = read_env_file(Path(m.group(1)))
-        return cls(env["MATOMO_URL"], env["MATOMO_TOKEN"], Local(directory, env))
+        return cls(env["MATOMO_URL"], env["MATOMO_TOKEN"], Local(directory, env, settings))
+
+    @classmethod
+    def start_queued(cls) -> RealMatomo | None:
+        """The local QueuedTracking instance (`queued_settings`), brought up by setup.sh; None when
+        there is no setup.sh."""
+        return cls.start_local(queued_settings())
 
     def __repr__(self) -> str:
         return f"RealMatomo({self.url}{', local' if self.local else ''})"
@@ -163,7 +196,7 @@ class RealMatomo:
     def visits(self, idsite: int, period: str = "day", date: str = "today") -> list[dict]:
         """Every visit of the site in that period, as the visitor log shows it (newest first),
         with its actions in order. The default, today in the site's time zone (UTC), is every
-        visit a test just made, except those made across midnight: `date="yesterday,today",
+        visit a test just made, except those made across midnight: `date="last2",
         period="range"` covers those."""
         return self.api("Live.getLastVisitsDetails", idSite=idsite, period=period, date=date,
                         filter_limit=100000)
@@ -199,11 +232,34 @@ class RealMatomo:
 
     def stop(self) -> None:
         """Stops the web server and the database (stop.sh); the data stays."""
-        run_script(self.require_local().directory, "stop.sh", timeout=120)
+        local = self.require_local()
+        run_script(local.directory, "stop.sh", timeout=120, settings=local.settings)
 
     def start(self) -> None:
         """Starts them again (setup.sh; the token and the data are kept)."""
-        run_script(self.require_local().directory, "setup.sh")
+        local = self.require_local()
+        run_script(local.directory, "setup.sh", settings=local.settings)
+
+    @property
+    def queued(self) -> bool:
+        """QueuedTracking is on: hits are recorded only by `process_queue`."""
+        return self.local is not None and self.local.env.get("MATOMO_QUEUED_TRACKING") == "1"
+
+    def process_queue(self, rounds: int = 50) -> int:
+        """Records what QueuedTracking has queued: runs its console command
+        (`queuedtracking:process`, which handles at most 501 queued bulk calls a run) until a run
+        finds nothing left; returns the requests recorded."""
+        command = shlex.split(self.require_local().env["MATOMO_QT_FLUSH"])
+        total = 0
+        for _ in range(rounds):
+            done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            m = re.search(r"\((\d+) requests in", done.stdout)
+            if done.returncode != 0 or not m:
+                raise MatomoError(f"queuedtracking:process failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            if m.group(1) == "0":
+                return total
+            total += int(m.group(1))
+        raise MatomoError(f"queuedtracking:process still found requests after {rounds} runs")
 
     # ---- the filter's side -------------------------------------------------------------------------
 
@@ -226,10 +282,15 @@ class RealMatomo:
 def wait_for_counters(envoy, timeout: float = 60.0, **expected: int) -> dict[str, int]:
     """Waits until each named filter counter of the Envoy (`hits_sent=10, hits_invalid=10`) has
     reached its value, then returns all counters; fails with the counters seen when time runs out.
-    The counters move only once Matomo has answered, so after this the hits are in Matomo."""
+    The counters move only once Matomo has answered, so after this the hits are in Matomo. Given a
+    list of Envoys (a fleet), it waits for the sums of their counters."""
+    fleet = envoy if isinstance(envoy, list) else [envoy]
     deadline = time.monotonic() + timeout
     while True:
-        counters = envoy.counters()
+        counters: dict[str, int] = {}
+        for one in fleet:
+            for name, value in one.counters().items():
+                counters[name] = counters.get(name, 0) + value
         if all(counters.get(name, 0) >= n for name, n in expected.items()):
             return counters
         if time.monotonic() >= deadline:

@@ -52,9 +52,15 @@ class Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_HEAD = _answer
 
 
+class Server(ThreadingHTTPServer):
+    # A listen backlog for bursts of new connections (Envoy's workers open many at once); with
+    # socketserver's 5, connections beyond it time out and Envoy answers 503.
+    request_queue_size = 1024
+
+
 class Upstream:
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server = Server((host, port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
 
