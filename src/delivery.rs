@@ -132,6 +132,7 @@ impl Delivery {
             self.refuse_refused(tracker, now);
         }
         self.send_due(host, tracker, now);
+        tracker.log_held_drops(now);
     }
 
     /// Matomo's answer to call `token` (`status`: none when the call failed or timed out).
@@ -295,16 +296,7 @@ impl Delivery {
         {
             return;
         }
-        tracker.counters.dropped(Dropped::QueueFull, 1);
-        if let Some(held) = self.log.allow(now) {
-            let b = tracker.settings.batch;
-            log::warn!(
-                "queue full ({} hits or {} bytes): dropping new hits while Matomo is slow or \
-                 down ({held} similar lines held back)",
-                b.queue_size,
-                b.queue_bytes
-            );
-        }
+        tracker.queue_full(now);
     }
 
     /// A group whose token Matomo refused sends nothing (each call would be a failed login
@@ -316,11 +308,12 @@ impl Delivery {
                 continue;
             }
             tracker.counters.dropped(Dropped::Refused, dropped as u64);
-            if let Some(held) = self.log.allow(now) {
+            if let Some(held) = tracker.drop_log.allow(now, dropped as u64) {
                 log::error!(
                     "Matomo refused the token of {} at the last check: dropped {dropped} hits \
                      instead of sending them (each call would be a failed login that gets this \
-                     proxy's address blocked); fix the token ({held} similar lines held back)",
+                     proxy's address blocked); fix the token ({held} more hits dropped since \
+                     the last such line)",
                     sites_named(&g.sites)
                 );
             }
@@ -455,12 +448,12 @@ impl Delivery {
             return;
         };
         let c = &mut tracker.counters;
-        let (line, error) = match outcome {
+        let line = match outcome {
             Outcome::Delivered { hits, invalid } => {
                 c.add(Counter::HitsSent, hits as u64);
                 c.add(Counter::HitsInvalid, invalid);
                 let line = format!("Matomo refused {invalid} of {hits} hits as invalid");
-                ((invalid > 0).then_some(line), false)
+                (invalid > 0).then_some(line)
             }
             Outcome::WillRetry {
                 hits,
@@ -468,15 +461,12 @@ impl Delivery {
                 reason,
             } => {
                 c.add(Counter::BatchesFailed, 1);
-                (
-                    Some(format!("{reason}; retrying {hits} hits in {after:?}")),
-                    false,
-                )
+                Some(format!("{reason}; retrying {hits} hits in {after:?}"))
             }
             Outcome::Split { hits, reason } => {
                 c.add(Counter::BatchesSplit, 1);
                 let line = format!("{reason}; sending the {hits} hits again in two halves");
-                (Some(line), false)
+                Some(line)
             }
             Outcome::Dropped { hits, why, reason } => {
                 c.add(Counter::BatchesFailed, 1);
@@ -488,10 +478,14 @@ impl Delivery {
                 if why == Dropped::Invalid && g.has_token && g.site_check.is_none() && !recent {
                     g.site_check = Some(now);
                 }
-                (
-                    Some(format!("{reason}; dropped {hits} hits")),
-                    why == Dropped::Invalid,
-                )
+                if let Some(held) = tracker.drop_log.allow(now, hits as u64) {
+                    log::error!(
+                        "{}: {reason}; dropped {hits} hits ({held} more hits dropped since the \
+                         last such line)",
+                        sites_named(&g.sites)
+                    );
+                }
+                return;
             }
         };
         let Some(line) = line else {
@@ -499,11 +493,7 @@ impl Delivery {
         };
         if let Some(held) = self.log.allow(now) {
             let sites = sites_named(&g.sites);
-            if error {
-                log::error!("{sites}: {line} ({held} similar lines held back)");
-            } else {
-                log::warn!("{sites}: {line} ({held} similar lines held back)");
-            }
+            log::warn!("{sites}: {line} ({held} similar lines held back)");
         }
     }
 }

@@ -35,6 +35,46 @@ impl LogLimit {
     }
 }
 
+/// Lines about dropped hits: at most one per period, each saying how many hits were dropped
+/// under the lines held back since the last one. When drops stop, `overdue` tells the rest, so
+/// the tail of a burst is never left untold.
+pub struct DropLog {
+    limit: LogLimit,
+    held_hits: u64,
+}
+
+impl DropLog {
+    pub fn new(every: Duration) -> Self {
+        DropLog {
+            limit: LogLimit::new(every),
+            held_hits: 0,
+        }
+    }
+
+    /// `hits` were just dropped: `Some(held)` when a line may be logged now, `held` being the
+    /// hits dropped under the lines held back since the last one.
+    pub fn allow(&mut self, now: Duration, hits: u64) -> Option<u64> {
+        let allowed = self
+            .limit
+            .allow(now)
+            .map(|_| std::mem::take(&mut self.held_hits));
+        if allowed.is_none() {
+            self.held_hits = self.held_hits.saturating_add(hits);
+        }
+        allowed
+    }
+
+    /// Hits dropped under held-back lines once a period has passed since the last line (and
+    /// `None` when there are none): called every tick, so a summary follows a burst.
+    pub fn overdue(&mut self, now: Duration) -> Option<u64> {
+        if self.held_hits == 0 {
+            return None;
+        }
+        self.limit.allow(now)?;
+        Some(std::mem::take(&mut self.held_hits))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +89,21 @@ mod tests {
         assert_eq!(l.allow(s(110)), Some(2));
         assert_eq!(l.allow(s(111)), None);
         assert_eq!(l.allow(s(200)), Some(1));
+    }
+
+    #[test]
+    fn dropped_hits_under_held_lines_are_told_on_the_next_line_or_when_overdue() {
+        let s = Duration::from_secs;
+        let mut d = DropLog::new(s(10));
+        assert_eq!(d.overdue(s(100)), None);
+        assert_eq!(d.allow(s(100), 5), Some(0));
+        assert_eq!(d.allow(s(101), 3), None);
+        assert_eq!(d.allow(s(102), 4), None);
+        assert_eq!(d.overdue(s(105)), None, "not before the period is over");
+        assert_eq!(d.overdue(s(110)), Some(7));
+        assert_eq!(d.overdue(s(130)), None, "told once");
+        assert_eq!(d.allow(s(131), 1), Some(0));
+        assert_eq!(d.allow(s(132), 2), None);
+        assert_eq!(d.allow(s(141), 1), Some(2));
     }
 }

@@ -8,19 +8,23 @@ use crate::caps;
 use crate::classify::{classify, Kind, Request, Response, Skip};
 use crate::config::Settings;
 use crate::hit::Rand;
-use crate::log_limit::LogLimit;
+use crate::log_limit::DropLog;
 use crate::metrics::{Counter, Counters, Dropped};
 use crate::outbox::{visitor_key, Outbox};
 use crate::request::RequestFacts;
 use crate::rules::Ignored;
 use crate::text::cut;
 
+/// At most one line about dropped hits per this period.
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
 pub struct Tracker {
     pub settings: Settings,
     pub outbox: Outbox,
     pub counters: Counters,
     rand: Rand,
-    queue_full_log: LogLimit,
+    /// Lines about dropped hits, from this VM's outbox or (on the sender) its lanes.
+    pub drop_log: DropLog,
 }
 
 /// What became of one finished request.
@@ -42,7 +46,7 @@ impl Tracker {
             outbox,
             counters: Counters::default(),
             rand: Rand::new(seed),
-            queue_full_log: LogLimit::new(Duration::from_secs(10)),
+            drop_log: DropLog::new(DROP_LOG_EVERY),
         }
     }
 
@@ -151,16 +155,32 @@ impl Tracker {
         if self.outbox.push(site.token, visitor_key(facts), at, hit) {
             Tracked::Queued(kind)
         } else {
-            self.counters.dropped(Dropped::QueueFull, 1);
-            if let Some(held) = self.queue_full_log.allow(now) {
-                log::warn!(
-                    "queue full ({} hits or {} bytes): dropping new hits while Matomo is slow \
-                     or down ({held} more dropped since the last line)",
-                    self.settings.batch.queue_size,
-                    self.settings.batch.queue_bytes
-                );
-            }
+            self.queue_full(now);
             Tracked::QueueFull
+        }
+    }
+
+    /// A new hit found the queue full: it is dropped, counted, and told (rate-limited).
+    pub fn queue_full(&mut self, now: Duration) {
+        self.counters.dropped(Dropped::QueueFull, 1);
+        if let Some(held) = self.drop_log.allow(now, 1) {
+            log::warn!(
+                "queue full ({} hits or {} bytes): dropping new hits while Matomo is slow or \
+                 down ({held} more hits dropped since the last such line)",
+                self.settings.batch.queue_size,
+                self.settings.batch.queue_bytes
+            );
+        }
+    }
+
+    /// Once a tick: the hits dropped under held-back lines, once the drops have stopped long
+    /// enough, so the end of a burst is in the log and not only in `hits_dropped`.
+    pub fn log_held_drops(&mut self, now: Duration) {
+        if let Some(held) = self.drop_log.overdue(now) {
+            log::warn!(
+                "{held} more hits dropped since the last line about dropped hits; the \
+                 hits_dropped counters say why"
+            );
         }
     }
 }
