@@ -208,6 +208,9 @@ def test_the_istio_matomo_cluster_has_the_settings_of_envoy_yamls(tmp_path):
             outliers["baseEjectionTime"], outliers["maxEjectionPercent"]) == \
         (wanted["consecutive_5xx"], wanted["consecutive_gateway_failure"], wanted["interval"],
          wanted["base_ejection_time"], wanted["max_ejection_percent"])
+    # The one outlier setting the DestinationRule has no field for comes with the patch.
+    uneject = "successful_active_health_check_uneject_host"
+    assert patch["patch"]["value"]["outlier_detection"] == {uneject: wanted[uneject]}
     name = f"outbound|{port['number']}||{host}"
     rendered = {
         "name": name, "type": "STRICT_DNS", "connect_timeout": dr["spec"]["trafficPolicy"]["connectionPool"]["tcp"]
