@@ -31,6 +31,7 @@ def closed_port() -> int:
 
 def vm_trouble(envoy) -> list[str]:
     """Log lines of a VM that failed, ran out of memory or was restarted."""
+    # V8's trap reads "Uncaught RuntimeError: unreachable"; "Matomo unreachable" is no VM trouble.
     needles = ("Uncaught", "memory allocation", "RuntimeError: unreachable", "VM is dead")
     return [line for line in envoy.log().splitlines() if "wasm" in line and any(n in line for n in needles)]
 

@@ -158,10 +158,14 @@ def test_a_plain_stop_sends_the_hits_still_queued(sig, func_e_path, home, tmp_pa
     # Hits stay queued (flush_interval 600 s). func-e passes the stop to Envoy, which stops its
     # workers first (they hand their last hits to the VM that sends) and the main thread last,
     # whose VM sends for the whole Envoy: its last bulk call leaves before Envoy exits. Envoy
-    # does not wait for the answer; envoy/drain.sh (below) does.
+    # does not wait for the answer; envoy/drain.sh (below) does. Nor does it wait for a new
+    # connection: the call leaves only on a keep-alive connection already open to the tracker
+    # server the load balancer picks. Two full batches first (batch_size 4) open one to each of
+    # the shipped cluster's two servers; the last 2 hits stay queued.
     run = FuncERun("envoy/envoy.yaml", func_e_path, home, tmp_path, matomo, upstream, envoys,
-                   flush_interval=600).start()
+                   flush_interval=600, batch_size=4).start()
     run.queue(10)
+    matomo.wait_for_hits(8)
     log = run.interrupt(sig)
     assert "finishing: sending the last" in log
     assert sorted(h["url"].rsplit("/", 1)[1] for h in matomo.wait_for_hits(10, timeout=5)) == \

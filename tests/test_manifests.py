@@ -185,3 +185,44 @@ def test_xds_resource_files_validate_together(directory, tmp_path):
     config.write_text(json.dumps({"static_resources": static}))
     result = validate(config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_istio_matomo_cluster_has_the_settings_of_envoy_yamls(tmp_path):
+    """Several tracker servers in Istio: the ServiceEntry's endpoints, the DestinationRule's
+    outlier detection and the EnvoyFilter's active health checks (Istio's API has no field for
+    them) say what envoy/envoy.yaml's matomo cluster says, and the cluster Istio renders with
+    the patch merged passes `envoy --mode validate`."""
+    [(_, se)] = of_kind("ServiceEntry")
+    [(_, dr)] = of_kind("DestinationRule")
+    [(_, ef)] = of_kind("EnvoyFilter")
+    [shipped] = [c for c in yaml.safe_load((ENVOY_DIR / "envoy.yaml").read_text())["static_resources"]["clusters"]
+                 if c["name"] == "matomo"]
+    [host], [port] = se["spec"]["hosts"], se["spec"]["ports"]
+    servers = [e["address"] for e in se["spec"]["endpoints"]]
+    assert len(servers) >= 2
+    [patch] = ef["spec"]["configPatches"]
+    assert patch["applyTo"] == "CLUSTER" and patch["patch"]["operation"] == "MERGE"
+    assert patch["match"]["cluster"] == {"service": host, "portNumber": port["number"]}
+    assert patch["patch"]["value"]["health_checks"] == shipped["health_checks"]
+    outliers = dr["spec"]["trafficPolicy"]["outlierDetection"]
+    wanted = shipped["outlier_detection"]
+    assert (outliers["consecutive5xxErrors"], outliers["consecutiveGatewayErrors"], outliers["interval"],
+            outliers["baseEjectionTime"], outliers["maxEjectionPercent"]) == \
+        (wanted["consecutive_5xx"], wanted["consecutive_gateway_failure"], wanted["interval"],
+         wanted["base_ejection_time"], wanted["max_ejection_percent"])
+    # The one outlier setting the DestinationRule has no field for comes with the patch.
+    uneject = "successful_active_health_check_uneject_host"
+    assert patch["patch"]["value"]["outlier_detection"] == {uneject: wanted[uneject]}
+    name = f"outbound|{port['number']}||{host}"
+    rendered = {
+        "name": name, "type": "STRICT_DNS", "connect_timeout": dr["spec"]["trafficPolicy"]["connectionPool"]["tcp"]
+        ["connectTimeout"],
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": s, "port_value": port["number"]}}}}
+            for s in servers]}]},
+        **patch["patch"]["value"],
+    }
+    config = tmp_path / "istio-matomo-cluster.json"
+    config.write_text(json.dumps({"static_resources": {"clusters": [rendered]}}))
+    result = validate(config)
+    assert result.returncode == 0, result.stdout + result.stderr

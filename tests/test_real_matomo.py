@@ -338,7 +338,9 @@ def test_matomo_stopped_and_started_again_under_load_loses_nothing(start_envoy, 
     and the filter logs "Matomo unreachable (Envoy answered 503: upstream connect error …);
     retrying N hits in 500ms" (at most one line per 10 s), counts `batches_failed` and
     `hits_retried`, retries each lane's batch with backoff, and once Matomo is back every hit
-    arrives once: nothing dropped, nothing twice."""
+    arrives: nothing dropped, nothing twice but for calls that timed out after Matomo stored
+    them (counted in `hits_resent_after_timeout`; a call cut off when Matomo stops records
+    nothing, its bulk calls being one transaction)."""
     matomo = local_matomo
     site = new_site(matomo, request)
     env = start_tracking(start_envoy, matomo, site, concurrency=2, batch_size=20)
@@ -373,6 +375,9 @@ def test_matomo_stopped_and_started_again_under_load_loses_nothing(start_envoy, 
     assert counters["batches_failed"] >= 1 and counters["hits_retried"] >= 1
     assert log_lines(env, "Matomo unreachable (Envoy answered 503: upstream connect error")
     paths = stored_paths(matomo, site)
-    assert sorted(paths) == sorted(sent), "every request once: none lost, none twice"
+    twice = len(paths) - len(set(paths))
+    assert set(paths) == set(sent), "none lost"
+    assert twice <= counters["hits_resent_after_timeout"], "none twice but what timed out"
     print(f"\noutage: {len(sent)} requests, {counters['batches_failed']} failed calls, "
-          f"{counters['hits_retried']} hits retried, all {len(paths)} in Matomo once")
+          f"{counters['hits_retried']} hits retried, {len(paths)} actions in Matomo, {twice} twice, "
+          f"hits_resent_after_timeout {counters['hits_resent_after_timeout']}")

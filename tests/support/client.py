@@ -40,12 +40,17 @@ def load(port: int, total: int, clients: int, path: str = "/load",
                 errors.append(r.status)
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    at_once(clients, client)
+    return errors
+
+
+def at_once(n: int, client: Callable[[int], None]) -> None:
+    """Runs client(0) … client(n-1) in n threads at once; returns when all are done."""
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return errors
 
 
 def response_headers(port: int, path: str = "/", headers: dict | None = None) -> tuple[int, dict[str, str]]:

@@ -49,6 +49,9 @@ class Behaviour:
     delay: float = 0.0
     body: bytes | None = None  # default: a bulk success answer counting the hits
     close_mid_answer: bool = False
+    # A web server's body limit (nginx `client_max_body_size`, PHP `post_max_size`): a larger
+    # body is answered 413 and recorded in `refused`, not in `calls`.
+    max_body_bytes: int | None = None
 
 
 def api_answer(form: dict[str, list[str]]) -> bytes:
@@ -70,6 +73,10 @@ def api_answer(form: dict[str, list[str]]) -> bytes:
 class MatomoStandIn:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, echo: bool = False):
         self.calls: list[Call] = []
+        # Sizes of the bodies answered 413 (Behaviour.max_body_bytes).
+        self.refused: list[int] = []
+        # GETs without a query: an Envoy health check of /matomo.php, which Matomo answers 200.
+        self.health_checks = 0
         # Calls to Matomo's API (index.php): the filter's start-up check of site and token.
         self.api_calls: list[Call] = []
         self.behaviour = Behaviour()
@@ -92,15 +99,18 @@ class MatomoStandIn:
                 call = Call(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 if self.path.split("?")[0].endswith("/index.php"):
                     stand_in.api_calls.append(call)
-                    answer = api_answer(urllib.parse.parse_qs(body.decode("utf-8", "replace")))
-                    self.send_response(200)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer)
+                    self._answer(200, api_answer(urllib.parse.parse_qs(body.decode("utf-8", "replace"))))
+                    return
+                b = stand_in.behaviour
+                if self.command == "GET" and "?" not in self.path:
+                    stand_in.health_checks += 1
+                    self._answer(200, b"This resource is part of Matomo.", "text/html")
+                    return
+                if b.max_body_bytes is not None and length > b.max_body_bytes:
+                    stand_in.refused.append(length)
+                    self._answer(413, b"<html><h1>413 Request Entity Too Large</h1></html>", "text/html")
                     return
                 stand_in._record(call)
-                b = stand_in.behaviour
                 if b.delay:
                     time.sleep(b.delay)
                 if b.close_mid_answer:
@@ -116,11 +126,14 @@ class MatomoStandIn:
                     except (ValueError, KeyError, TypeError):
                         n = 0
                     answer = json.dumps({"status": "success", "tracked": n, "invalid": 0}).encode()
-                self.send_response(b.status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(answer)))
+                self._answer(b.status, answer)
+
+            def _answer(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+                self.send_response(status)
+                self.send_header("content-type", content_type)
+                self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(answer)
+                self.wfile.write(body)
 
             do_GET = do_POST
 

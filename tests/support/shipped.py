@@ -44,11 +44,28 @@ def to_loopback(listener: dict, clusters: list[dict], *, listen_port: int, app_p
                 matomo_port: int) -> None:
     listener["address"]["socket_address"].update(address="127.0.0.1", port_value=listen_port)
     for c in clusters:
-        c.pop("transport_socket", None)
-        c["type"] = "STATIC"
-        [endpoint] = c["load_assignment"]["endpoints"][0]["lb_endpoints"]
-        endpoint["endpoint"]["address"]["socket_address"] = {
-            "address": "127.0.0.1", "port_value": app_port if c["name"] == "app" else matomo_port}
+        cluster_on_loopback(c, [app_port if c["name"] == "app" else matomo_port])
+
+
+def cluster_on_loopback(cluster: dict, ports: list[int]) -> None:
+    """The cluster in plaintext, its endpoints (however many) on 127.0.0.1: one per port, or every
+    one on the single port given."""
+    cluster.pop("transport_socket", None)
+    cluster["type"] = "STATIC"
+    endpoints = [e for locality in cluster["load_assignment"]["endpoints"] for e in locality["lb_endpoints"]]
+    if len(ports) == 1:
+        ports = ports * len(endpoints)
+    assert len(ports) == len(endpoints), (ports, len(endpoints))
+    for endpoint, port in zip(endpoints, ports):
+        endpoint["endpoint"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+
+
+def matomo_cluster(ports: list[int]) -> dict:
+    """envoy/envoy.yaml's `matomo` cluster (health checks, outlier detection, circuit breakers) in
+    plaintext, with its tracker servers on these loopback ports."""
+    [cluster] = [c for c in load(ROOT / "envoy/envoy.yaml")["static_resources"]["clusters"] if c["name"] == "matomo"]
+    cluster_on_loopback(cluster, ports)
+    return cluster
 
 
 def static_config(*, listen_port: int, admin_port: int, app_port: int, matomo_port: int, **plugin) -> dict:
