@@ -55,6 +55,21 @@ impl AppParams {
             .map(|(_, v)| v.as_str())
     }
 
+    /// What the app asked its request to become: its `track_as`, else what its parameters
+    /// imply. An event category makes an event; a page name, a site search or a goal makes a
+    /// pageview (which Matomo records as the search or conversion). The app's word wins over
+    /// what the response looks like: its JSON answer with `x-matomo-e-c` is no API read to skip.
+    pub fn wants(&self) -> Option<TrackAs> {
+        let has = |key: &str| self.get(key).is_some();
+        self.track_as.or(if has("e_c") {
+            Some(TrackAs::Event)
+        } else if has("action_name") || has("search") || has("idgoal") {
+            Some(TrackAs::Pageview)
+        } else {
+            None
+        })
+    }
+
     /// Reads one header whose name starts with the prefix; `suffix` is the rest of the name.
     pub fn add(&mut self, suffix: &str, value: &str) {
         self.seen += 1;

@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::host::{Host, Post};
 use crate::lanes::{Lanes, Outcome};
 use crate::leader::{self, Record, Step};
-use crate::log_limit::LogLimit;
+use crate::log_limit::{held_drops, LogLimit};
 use crate::matomo::{read_answer, read_site_check, site_check_body, Answer, SiteCheck};
 use crate::metrics::{Counter, Dropped};
 use crate::outbox;
@@ -58,6 +58,8 @@ struct Group {
     site_checked: Option<Duration>,
     /// The check found the token refused: nothing is sent with it until a check passes.
     token_refused: bool,
+    /// The check found a site unknown or the token unable to write to it.
+    site_wrong: bool,
     /// Its first check has been answered (or could not be made): until then nothing is sent
     /// with an unchecked token, which may be one Matomo counts as a failed login.
     checked: bool,
@@ -96,6 +98,7 @@ impl Delivery {
                     has_token: token.is_some(),
                     site_check: token.is_some().then_some(now),
                     site_checked: None,
+                    site_wrong: false,
                     token_refused: false,
                     checked: token.is_none(),
                 }
@@ -157,7 +160,13 @@ impl Delivery {
                 let timeout = tracker.settings.http_timeout;
                 let timed_out =
                     status.is_none() && now.saturating_sub(started) >= timeout.mul_f32(0.9);
-                let answer = read_answer(status, body, timed_out);
+                let mut answer = read_answer(status, body, timed_out);
+                // A 400 (QueuedTracking refusing a bulk call) for a site the check found wrong
+                // is that, not one bad hit among good ones.
+                let site_wrong = self.groups.get(group).is_some_and(|g| g.site_wrong);
+                if let (Answer::Split(reason), Some(400), true) = (&answer, status, site_wrong) {
+                    answer = Answer::Invalid(format!("{reason}; the site check found it wrong"));
+                }
                 self.settle(tracker, group, lane, answer, now);
             }
             Call::SiteCheck { group } => self.checked(group, status, body, now),
@@ -312,9 +321,9 @@ impl Delivery {
                 log::error!(
                     "Matomo refused the token of {} at the last check: dropped {dropped} hits \
                      instead of sending them (each call would be a failed login that gets this \
-                     proxy's address blocked); fix the token ({held} more hits dropped since \
-                     the last such line)",
-                    sites_named(&g.sites)
+                     proxy's address blocked); fix the token{}",
+                    sites_named(&g.sites),
+                    held_drops(held)
                 );
             }
         }
@@ -363,22 +372,30 @@ impl Delivery {
             SiteCheck::Ok => {
                 g.site_check = None;
                 g.token_refused = false;
-                log::info!("Matomo: {sites}: the site exists and the token may track it");
+                g.site_wrong = false;
+                let (be, it) = if g.sites.len() == 1 {
+                    ("exists", "it")
+                } else {
+                    ("exist", "them")
+                };
+                log::info!("Matomo: {sites} {be} and the token may track {it}");
             }
             SiteCheck::TokenRefused(what) => {
                 g.site_check = Some(now + SITE_RECHECK);
                 g.token_refused = true;
                 log::error!(
-                    "Matomo, {sites}: {what}; no hit is sent with it (checking again in {:?})",
+                    "{sites}: {what}; no hit is sent with it (checking again in {:?})",
                     SITE_RECHECK
                 );
             }
             SiteCheck::Wrong(what) => {
                 g.site_check = None;
-                log::error!("Matomo, {sites}: {what}");
+                g.site_wrong = true;
+                log::error!("Matomo: {what}");
             }
             SiteCheck::Unreachable(why) => log::warn!(
-                "could not check {sites} with Matomo ({why}); trying again in {SITE_CHECK_RETRY:?}"
+                "could not check {sites} and token with Matomo ({why}); trying again in \
+                 {SITE_CHECK_RETRY:?}"
             ),
         }
     }
@@ -480,9 +497,9 @@ impl Delivery {
                 }
                 if let Some(held) = tracker.drop_log.allow(now, hits as u64) {
                     log::error!(
-                        "{}: {reason}; dropped {hits} hits ({held} more hits dropped since the \
-                         last such line)",
-                        sites_named(&g.sites)
+                        "{}: {reason}; dropped {hits} hits{}",
+                        sites_named(&g.sites),
+                        held_drops(held)
                     );
                 }
                 return;
@@ -789,6 +806,33 @@ mod tests {
             counts.contains(&(Counter::HitsDroppedRefused, 1)),
             "{counts:?}"
         );
+    }
+
+    #[test]
+    fn a_400_for_a_site_the_check_found_wrong_drops_the_batch_without_halving_it() {
+        let host = FakeHost::default();
+        let json = r#"{"matomo_url":"http://m","id_site":9,"token_auth":"t","flush_interval":1}"#;
+        let mut a = vm(json, 1);
+        a.tick(&host, 0.0);
+        let check = host.take_posts();
+        let unknown = r#"[{"value":true},[],[],{"result":"error","message":"unknown"}]"#;
+        a.answer(&host, check[0].0, unknown, 0.1);
+        for i in 0..8 {
+            a.request(&format!("/p{i}"), "10.0.0.1");
+        }
+        a.tick(&host, 1.5);
+        let posts = host.take_posts();
+        assert_eq!(posts.len(), 1);
+        let d = &mut a.delivery;
+        d.answer(&host, &mut a.tracker, posts[0].0, Some(400), b"", secs(1.6));
+        a.tick(&host, 3.0);
+        assert!(host.take_posts().is_empty(), "no halves");
+        let counts: Vec<_> = a.tracker.counters.drain().collect();
+        assert!(
+            counts.contains(&(Counter::HitsDroppedInvalid, 8)),
+            "{counts:?}"
+        );
+        assert!(!counts.iter().any(|(c, _)| *c == Counter::BatchesSplit));
     }
 
     #[test]

@@ -296,7 +296,8 @@ impl HitTemplate {
             // The browser's own id, when read, joins the proxy's hits to its visits.
             (None, Some(key), Some(ip)) if cookie_id.is_none() => {
                 let ua = req.user_agent.as_deref().unwrap_or_default();
-                let id = key.visitor_id(req.time_secs, ip, ua, self.id_site);
+                let lang = req.accept_language.as_deref().unwrap_or_default();
+                let id = key.visitor_id(req.time_secs, ip, ua, lang, self.id_site);
                 p.push("cid", Val::Raw(id.into()));
             }
             _ => {}

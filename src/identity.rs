@@ -3,7 +3,7 @@
 //! browser and language, so everyone behind the proxy with the same browser is one visitor. The
 //! filter then sends a visitor id (`cid`) of its own: the first 16 hex digits of a keyed hash
 //! (SipHash-2-4, 128-bit key) of the UTC day, the client address as Envoy computed it, the
-//! User-Agent and the site. The key is the same on every worker and proxy that share the
+//! User-Agent, the Accept-Language (Matomo's own fingerprint has the language too) and the site. The key is the same on every worker and proxy that share the
 //! config, so one person is one visitor whichever pod answers; the day in the hash means no id
 //! lives longer than a day, and no address can be read back from it.
 
@@ -43,11 +43,18 @@ impl VisitorKey {
         VisitorKey(key)
     }
 
-    /// The visitor id of one client address and User-Agent on one site on one UTC day.
-    pub fn visitor_id(&self, unix_secs: u64, address: &str, user_agent: &str, site: u64) -> String {
+    /// The visitor id of one client address, User-Agent and language on one site on one UTC day.
+    pub fn visitor_id(
+        &self,
+        unix_secs: u64,
+        address: &str,
+        user_agent: &str,
+        language: &str,
+        site: u64,
+    ) -> String {
         let mut h = SipHasher24::new_with_key(&self.0);
         h.write(&(unix_secs / 86_400).to_le_bytes());
-        for part in [address.as_bytes(), user_agent.as_bytes()] {
+        for part in [address, user_agent, language].map(str::as_bytes) {
             h.write(&(part.len() as u64).to_le_bytes());
             h.write(part);
         }
@@ -67,21 +74,22 @@ mod tests {
     #[test]
     fn one_person_one_id_per_day_and_site() {
         let key = VisitorKey::derive(b"secret");
-        let id = key.visitor_id(100 * DAY + 5, "203.0.113.9", "Firefox", 1);
+        let id = key.visitor_id(100 * DAY + 5, "203.0.113.9", "Firefox", "fr", 1);
         assert_eq!(id.len(), 16);
         assert!(id
             .bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_eq!(
             id,
-            key.visitor_id(100 * DAY + 80_000, "203.0.113.9", "Firefox", 1)
+            key.visitor_id(100 * DAY + 80_000, "203.0.113.9", "Firefox", "fr", 1)
         );
         for other in [
-            key.visitor_id(101 * DAY, "203.0.113.9", "Firefox", 1),
-            key.visitor_id(100 * DAY, "203.0.113.10", "Firefox", 1),
-            key.visitor_id(100 * DAY, "203.0.113.9", "Chrome", 1),
-            key.visitor_id(100 * DAY, "203.0.113.9", "Firefox", 2),
-            VisitorKey::derive(b"other").visitor_id(100 * DAY, "203.0.113.9", "Firefox", 1),
+            key.visitor_id(101 * DAY, "203.0.113.9", "Firefox", "fr", 1),
+            key.visitor_id(100 * DAY, "203.0.113.10", "Firefox", "fr", 1),
+            key.visitor_id(100 * DAY, "203.0.113.9", "Chrome", "fr", 1),
+            key.visitor_id(100 * DAY, "203.0.113.9", "Firefox", "de", 1),
+            key.visitor_id(100 * DAY, "203.0.113.9", "Firefox", "fr", 2),
+            VisitorKey::derive(b"other").visitor_id(100 * DAY, "203.0.113.9", "Firefox", "fr", 1),
         ] {
             assert_ne!(id, other);
         }
@@ -91,8 +99,8 @@ mod tests {
     fn fields_cannot_run_into_each_other() {
         let key = VisitorKey::derive(b"k");
         assert_ne!(
-            key.visitor_id(0, "1.2.3.4", "5", 1),
-            key.visitor_id(0, "1.2.3.", "45", 1)
+            key.visitor_id(0, "1.2.3.4", "5", "fr", 1),
+            key.visitor_id(0, "1.2.3.", "45", "fr", 1)
         );
     }
 

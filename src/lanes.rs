@@ -263,6 +263,7 @@ impl Lanes {
             ),
             Answer::Accepted { invalid } => Outcome::Delivered { hits, invalid },
             Answer::Refused(reason) => dropped(Dropped::Refused, reason),
+            Answer::Invalid(reason) => dropped(Dropped::Invalid, reason),
             Answer::Split(reason) if hits > 1 => {
                 let second = batch.hits.split_off(hits / 2);
                 let first = std::mem::take(&mut batch.hits);

@@ -75,6 +75,14 @@ impl DropLog {
     }
 }
 
+/// What a line about dropped hits adds about the held-back ones: nothing when there were none.
+pub fn held_drops(held: u64) -> String {
+    match held {
+        0 => String::new(),
+        n => format!(" ({n} more hits dropped since the last such line)"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,6 +58,9 @@ pub enum Answer {
     Split(String),
     /// Will fail the same way again (bulk tracking off, 401/403, 404): the batch is dropped.
     Refused(String),
+    /// Refused as a whole where the site check already found a site or the token wrong: the
+    /// batch is dropped as invalid, not halved into hundreds of calls that all fail alike.
+    Invalid(String),
 }
 
 /// Reads Matomo's answer: the `:status` (absent when the call failed or timed out), the body
@@ -81,18 +84,10 @@ pub fn read_answer(status: Option<u32>, body: &[u8], timed_out: bool) -> Answer 
             let invalid = json.get("invalid").and_then(|v| v.as_u64()).unwrap_or(0);
             Answer::Accepted { invalid }
         }
-        // Envoy answers a call that ran into its timeout itself: 504, "upstream request timeout".
-        Some(504) if body.starts_with(b"upstream request timeout") => Answer::Failed {
-            reason: "no answer within http_timeout".into(),
-            timed_out: true,
-        },
-        Some(s @ (408 | 429 | 500..=599)) => Answer::Failed {
-            reason: match envoy_reply(body) {
-                Some(why) => format!("Matomo unreachable (Envoy answered {s}: {why})"),
-                None => format!("Matomo answered {s}"),
-            },
-            timed_out: false,
-        },
+        Some(s @ (408 | 429 | 500..=599)) => {
+            let (reason, timed_out) = failure(s, body);
+            Answer::Failed { reason, timed_out }
+        }
         Some(413) => Answer::Split("Matomo's web server answered 413 (body too large)".into()),
         Some(400) => Answer::Split(
             "Matomo answered 400 (an invalid hit in a queued bulk call, or bulk tracking off)"
@@ -104,6 +99,20 @@ pub fn read_answer(status: Option<u32>, body: &[u8], timed_out: bool) -> Answer 
         )),
         Some(s) => Answer::Refused(format!("Matomo answered {s}")),
     }
+}
+
+/// Why a call failed with `status`, and whether it ran into `http_timeout`. Envoy answers a
+/// call that ran out of its timeout itself (504, "upstream request timeout"), and one it could
+/// not deliver with a 503 of its own: neither is Matomo's answer.
+fn failure(status: u32, body: &[u8]) -> (String, bool) {
+    if status == 504 && body.starts_with(b"upstream request timeout") {
+        return ("no answer within http_timeout".into(), true);
+    }
+    let reason = match envoy_reply(body) {
+        Some(why) => format!("Matomo unreachable (Envoy answered {status}: {why})"),
+        None => format!("Matomo answered {status}"),
+    };
+    (reason, false)
 }
 
 /// The text of a reply Envoy made itself because it could not reach Matomo (`upstream connect
@@ -163,9 +172,7 @@ pub fn read_site_check(status: Option<u32>, body: &[u8], sites: &[u64]) -> SiteC
                     .into(),
             )
         }
-        Some(s @ (429 | 500..=599)) => {
-            return SiteCheck::Unreachable(format!("Matomo answered {s}"))
-        }
+        Some(s @ (429 | 500..=599)) => return SiteCheck::Unreachable(failure(s, body).0),
         Some(200) => serde_json::from_slice(body).unwrap_or_default(),
         Some(s) => {
             return SiteCheck::Wrong(format!(
@@ -356,7 +363,15 @@ mod tests {
         ));
         assert!(matches!(
             check(Some(503), String::new()),
-            SiteCheck::Unreachable(_)
+            SiteCheck::Unreachable(m) if m == "Matomo answered 503"
+        ));
+        assert!(matches!(
+            check(Some(503), "upstream connect error or disconnect/reset before headers".into()),
+            SiteCheck::Unreachable(m) if m.starts_with("Matomo unreachable (Envoy answered 503")
+        ));
+        assert!(matches!(
+            check(Some(504), "upstream request timeout".into()),
+            SiteCheck::Unreachable(m) if m == "no answer within http_timeout"
         ));
         assert!(matches!(
             check(Some(404), String::new()),

@@ -8,7 +8,7 @@ use crate::caps;
 use crate::classify::{classify, Kind, Request, Response, Skip};
 use crate::config::Settings;
 use crate::hit::Rand;
-use crate::log_limit::DropLog;
+use crate::log_limit::{held_drops, DropLog};
 use crate::metrics::{Counter, Counters, Dropped};
 use crate::outbox::{visitor_key, Outbox};
 use crate::request::RequestFacts;
@@ -111,7 +111,7 @@ impl Tracker {
         let naming = hits.naming(facts.path_only());
         let forced = facts
             .app
-            .track_as
+            .wants()
             .or(naming.details.and_then(|d| d.track_as));
         let request = Request {
             method: &facts.method,
@@ -166,9 +166,10 @@ impl Tracker {
         if let Some(held) = self.drop_log.allow(now, 1) {
             log::warn!(
                 "queue full ({} hits or {} bytes): dropping new hits while Matomo is slow or \
-                 down ({held} more hits dropped since the last such line)",
+                 down{}",
                 self.settings.batch.queue_size,
-                self.settings.batch.queue_bytes
+                self.settings.batch.queue_bytes,
+                held_drops(held)
             );
         }
     }
@@ -226,6 +227,32 @@ mod tests {
                 (Counter::TrackedPageview, 1)
             ]
         );
+    }
+
+    #[test]
+    fn an_api_read_the_app_gave_event_or_search_parameters_is_tracked_as_the_app_says() {
+        let mut t = tracker("");
+        let mut f = facts("/api/cart");
+        f.content_type = Some("application/json".into());
+        assert_eq!(t.track(&f, Duration::ZERO), Tracked::Skipped(Skip::Api));
+        let mut event = f.clone();
+        event.app.add("e-c", "cart");
+        event.app.add("e-a", "add");
+        assert_eq!(
+            t.track(&event, Duration::ZERO),
+            Tracked::Queued(Kind::Event)
+        );
+        let mut search = f.clone();
+        search.app.add("search", "red shoes");
+        assert_eq!(
+            t.track(&search, Duration::ZERO),
+            Tracked::Queued(Kind::Pageview)
+        );
+        search.app.add("track-as", "ignore");
+        assert!(matches!(
+            t.track(&search, Duration::ZERO),
+            Tracked::Skipped(Skip::Asked)
+        ));
     }
 
     #[test]

@@ -43,7 +43,7 @@ def test_each_host_lands_in_its_own_site_and_an_unknown_host_nowhere(start_envoy
     assert visit_paths(real_matomo, ids["api.example.com"]) == ["/v1/orders"]
     # One start-up check for the one token, naming every site, in one line.
     named = ", ".join(str(i) for i in sorted(ids.values()))
-    assert log_lines(env, f"Matomo: sites {named}: the site exists and the token may track it"), env.log()[-3000:]
+    assert log_lines(env, f"Matomo: sites {named} exist and the token may track them"), env.log()[-3000:]
     print(f"\n[sites] visits per site: " + ", ".join(
         f"{host} (site {i}): {len(real_matomo.visits(i))}" for host, i in ids.items()))
 
@@ -78,8 +78,8 @@ def test_a_site_with_its_own_token_has_its_own_calls_and_check(start_envoy, real
     request_through(env, "docs.example.com", "/guide")
     counters = wait_for_counters(env, hits_sent=1, **{"hits_dropped.refused": 1})
     assert counters["batches_sent"] == 1, counters
-    assert log_lines(env, f"Matomo, site {ids['docs.example.com']}: Matomo refused the token")
-    assert log_lines(env, f"Matomo: site {ids['shop.example.com']}: the site exists")
+    assert log_lines(env, f"site {ids['docs.example.com']}: Matomo refused the token")
+    assert log_lines(env, f"Matomo: site {ids['shop.example.com']} exists")
     assert len(real_matomo.visits(ids["shop.example.com"])) == 1
     assert real_matomo.visits(ids["docs.example.com"]) == []
     if real_matomo.local:

@@ -154,12 +154,14 @@ def test_two_envoys_into_queued_tracking_make_one_visit_per_person(start_envoy, 
     assert_one_visit_each(by_ip, crowd, browsing)
 
 
-def test_a_bulk_call_queued_tracking_refuses_is_split_down_to_single_hits_then_dropped(start_envoy, queued_matomo):
+def test_a_bulk_call_queued_tracking_refuses_for_a_site_the_check_found_wrong_is_dropped_in_one_call(
+        start_envoy, queued_matomo):
     """QueuedTracking refuses a whole bulk call with 400 when any hit in it is invalid, and queues
     none of it. One filter config sends one site with one token, so all its hits are valid or none
-    is; a site Matomo does not know makes them all invalid. The filter sends the batch again in
-    halves down to single hits (`batches_split`), drops each single hit still refused, counted
-    under `hits_dropped.refused`, logs why, and counts no hit twice."""
+    is; a site Matomo does not know makes them all invalid. The start-up check has already named
+    the site wrong, so the filter reads the 400 as that: it drops the batch as invalid in one call
+    (`hits_dropped.invalid`), rather than halving it into 15 calls that all fail alike, and counts
+    no hit twice."""
     matomo = queued_matomo
     unknown = max(matomo.api("SitesManager.getAllSitesId")) + 1000
     hits = 8
@@ -168,14 +170,13 @@ def test_a_bulk_call_queued_tracking_refuses_is_split_down_to_single_hits_then_d
     for i in range(hits):
         status, _ = client.request(env.port, nobody.path(i), headers=nobody.headers(i))
         assert status == 200
-    counters = wait_for_counters(env, **{"hits_dropped.refused": hits})
-    # 8 -> 4 + 4 -> 2 + 2 + 2 + 2 -> 8 single hits: 15 calls, 7 of them split.
-    assert (counters["batches_sent"], counters["batches_split"]) == (2 * hits - 1, hits - 1), counters
+    counters = wait_for_counters(env, **{"hits_dropped.invalid": hits})
+    assert (counters["batches_sent"], counters.get("batches_split", 0)) == (1, 0), counters
     assert (counters["requests_tracked"], counters.get("hits_sent", 0), counters["hits_dropped"]) == (hits, 0, hits), \
         "each hit counted once: dropped, not also sent"
-    assert log_lines(env, f"Matomo answered 400 (an invalid hit in a queued bulk call, or bulk tracking off); "
-                          f"sending the {hits} hits again in two halves"), env.log()[-3000:]
     assert log_lines(env, f"Matomo: site {unknown} does not exist")
+    assert log_lines(env, f"Matomo answered 400 (an invalid hit in a queued bulk call, or bulk tracking off); the "
+                          f"site check found it wrong; dropped {hits} hits"), env.log()[-3000:]
     assert matomo.process_queue() == 0, "QueuedTracking queued none of them"
     assert matomo.sql(f"SELECT COUNT(*) FROM matomo_log_visit WHERE idsite = {unknown}") == [["0"]]
 
