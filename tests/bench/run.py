@@ -147,13 +147,16 @@ def seconds(text: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def wrk(port: int, duration: float, connections: int, script: Path | None = None) -> dict:
+def wrk(port: int, duration: float, connections: int, script: Path | None = None,
+        script_args: tuple[str, ...] = ()) -> dict:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s"]
     for h in HEADERS:
         args += ["-H", h]
     if script:
         args += ["-s", str(script)]
-    out = subprocess.run(args + [f"http://127.0.0.1:{port}{PATH}"], capture_output=True,
+    # wrk hands what follows `--` to the script's init().
+    tail = ["--", *script_args] if script_args else []
+    out = subprocess.run([*args, f"http://127.0.0.1:{port}{PATH}", *tail], capture_output=True,
                          text=True, timeout=duration + 30).stdout
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
