@@ -135,6 +135,14 @@ bench-matomo: build deps bench-peers matomo-packages $(BENCH_OLD_WASM)
 	@$(call debian,$(call has,wrk),wrk)
 	$(PY) -m tests.bench.matomo --old-wasm $(BENCH_OLD_WASM) $(BENCH_MATOMO_ARGS)
 
+## A config change through the xDS files (envoy/xds): from the mv of a new lds.yaml until the new
+## plugin config tracks, at 1 and 4 workers, and what a VM start costs Envoy in CPU and RSS
+## (tests/bench/reload.py, ~3 min; RELOAD_ARGS="--rounds 3 --workers 1").
+.PHONY: bench-reload
+RELOAD_ARGS ?=
+bench-reload: build deps
+	$(PY) -m tests.bench.reload $(RELOAD_ARGS)
+
 ## The module as it was before lanes (one bulk call in flight per worker), built from its own tree.
 $(BENCH_OLD_WASM):
 	rm -rf target/bench-old && mkdir -p target/bench-old

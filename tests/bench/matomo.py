@@ -36,7 +36,8 @@ import http.client
 import json
 import os
 import random
-import statistics
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tests.bench.run import RESULTS, STANDIN, StandIn, machine, wrk
+from tests.bench.run import RESULTS, STANDIN, StandIn, machine, spread, wrk
 from tests.support.envoy import ROOT, WASM, Envoy, bootstrap, free_port, wasm_filter
 from tests.support.real_matomo import HOW_TO_PROVIDE, RealMatomo, read_env_file
 
@@ -70,18 +71,46 @@ DRAIN_TIMEOUT = 180.0
 # ---- Matomo ------------------------------------------------------------------------------------
 
 class Matomo:
-    """The local instance: its API and SQL, and the CPU time its processes have used."""
+    """The local instance: its API and SQL, and the CPU time its processes have used. With
+    `opcache`, tracking goes to a php -S of this script's own over the same tree and database,
+    with PHP's opcache on (as php-fpm has it by default; the shared instance's php -S compiles
+    every file of Matomo for every request)."""
 
-    def __init__(self, real: RealMatomo):
+    def __init__(self, real: RealMatomo, opcache: bool = False):
         self.real = real
-        self.base = Path(real.require_local().env["MATOMO_DIR"]).parent
+        local = real.require_local().env
+        self.base = Path(local["MATOMO_DIR"]).parent
         self.host, self.port = real.tracker
+        self.server: subprocess.Popen | None = None
+        if opcache:
+            self.port = free_port()
+            self.server = subprocess.Popen(
+                ["php", "-d", "opcache.enable_cli=1", "-d", "memory_limit=1G", "-d", "max_execution_time=0",
+                 "-d", "display_errors=0", "-S", f"{self.host}:{self.port}", "-t", local["MATOMO_DIR"]],
+                env={**os.environ, "PHP_CLI_SERVER_WORKERS": "4"}, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://{self.host}:{self.port}/matomo.php", timeout=5).read()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Stops this script's own php -S (its session: the server and its workers)."""
+        if self.server:
+            os.killpg(self.server.pid, signal.SIGTERM)
+            self.server.wait(10)
 
     def cpu_seconds(self) -> float:
         """User and system time of the php -S process group (setsid made the server its leader;
         its workers are its children) and of mysqld, so far."""
         pids = read_env_file(self.base / "pids")
-        php, mariadb = int(pids["php"]), int(pids["mariadb"])
+        php = self.server.pid if self.server else int(pids["php"])
+        mariadb = int(pids["mariadb"])
         ticks = 0
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit():
@@ -214,7 +243,7 @@ def envoy_run(m: Matomo, standin: StandIn, spec: tuple[Path, dict, int], duratio
               rate: float | None, name: str) -> dict:
     wasm, extra, workers = spec
     idsite = m.new_site(name)
-    plugin = {"matomo_url": f"{m.real.url}/matomo.php", "id_site": idsite,
+    plugin = {"matomo_url": f"http://{m.host}:{m.port}/matomo.php", "id_site": idsite,
               "token_auth_env": "MATOMO_TOKEN_AUTH", **extra}
     port, admin = free_port(), free_port()
     config = bootstrap(listen_port=port, admin_port=admin, upstream_port=standin.upstream_port,
@@ -254,6 +283,9 @@ def envoy_run(m: Matomo, standin: StandIn, spec: tuple[Path, dict, int], duratio
             "delivered_per_s": (at_end.get("hits_sent", 0) - first.get("hits_sent", 0)) / load_end,
             "max_queued": max(c["queued"] for _, c in samples),
             "dropped": delta["hits_dropped"], "drain_s": drained, "drained": counts["pending"] <= 0,
+            # Once the load stops, Matomo has the machine to itself: what the filter then delivers
+            # is what it can push into this Matomo (when a queue was left to drain).
+            "drain_per_s": (counts.get("hits_sent", 0) - at_end.get("hits_sent", 0)) / drained if drained > 1 else None,
             # Every hit the filter sent, the warm-up's too, against the site's rows.
             "sent_all": counts.get("hits_sent", 0), "recorded": actions, "visits": visits,
             "retried": delta["hits_retried"], "resent_after_timeout": delta["hits_resent_after_timeout"],
@@ -265,13 +297,8 @@ def envoy_run(m: Matomo, standin: StandIn, spec: tuple[Path, dict, int], duratio
 
 # ---- tables ------------------------------------------------------------------------------------------
 
-def spread(runs: list[dict], key: str, fmt: str = "{:,.0f}") -> str:
-    """The median, and the range over the rounds when there are several."""
-    values = [r[key] for r in runs]
-    med = fmt.format(statistics.median(values))
-    if len(values) < 2 or min(values) == max(values):
-        return med
-    return f"{med} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+def med(runs: list[dict], key: str) -> str:
+    return spread([r[key] for r in runs])
 
 
 def direct_table(runs: dict[str, list[dict]]) -> str:
@@ -281,23 +308,24 @@ def direct_table(runs: dict[str, list[dict]]) -> str:
         how, flight = name.rsplit(", ", 1)
         recorded = f"{sum(r['recorded'] for r in rs):,} / {sum(r['sent'] for r in rs):,}"
         visits = f"{sum(r['visits'] for r in rs):,} / {sum(r['people'] for r in rs):,}"
-        rows.append(f"| {how} | {flight.split()[0]} | {spread(rs, 'hits_per_s')} | "
-                    f"{spread(rs, 'cpu_per_1000', '{:.2f}')} | {recorded} | {visits} | "
+        rows.append(f"| {how} | {flight.split()[0]} | {med(rs, 'hits_per_s')} | "
+                    f"{spread([r['cpu_per_1000'] for r in rs], '{:.2f}')} | {recorded} | {visits} | "
                     f"{sum(r['errors'] for r in rs)} |")
     return "\n".join(rows)
 
 
 def envoy_table(runs: dict[str, list[dict]]) -> str:
     rows = ["| variant | workers | requests / s | hits delivered / s under load | max hits queued "
-            "| hits dropped / made | drain after the load | rows in Matomo / hits sent "
-            "| Matomo CPU s / 1000 hits |", "|---|---|---|---|---|---|---|---|---|"]
+            "| hits dropped / made | drain after the load | hits delivered / s while draining "
+            "| rows in Matomo / hits sent | Matomo CPU s / 1000 hits |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rs in runs.items():
         dropped = f"{sum(r['dropped'] for r in rs):,} / {sum(r['made'] for r in rs):,}"
         rows_sent = f"{sum(r['recorded'] for r in rs):,} / {sum(r['sent_all'] for r in rs):,}"
-        drain = spread(rs, "drain_s", "{:.1f} s") + ("" if all(r["drained"] for r in rs) else " (not drained)")
-        rows.append(f"| {name.rsplit(',', 1)[0]} | {rs[0]['workers']} | {spread(rs, 'rps')} | "
-                    f"{spread(rs, 'delivered_per_s')} | {spread(rs, 'max_queued')} | {dropped} | {drain} | "
-                    f"{rows_sent} | {spread(rs, 'cpu_per_1000', '{:.2f}')} |")
+        drain = spread([r["drain_s"] for r in rs], "{:.1f} s") + ("" if all(r["drained"] for r in rs)
+                                                                  else " (not drained)")
+        rows.append(f"| {name.rsplit(',', 1)[0]} | {rs[0]['workers']} | {med(rs, 'rps')} | "
+                    f"{med(rs, 'delivered_per_s')} | {med(rs, 'max_queued')} | {dropped} | {drain} | "
+                    f"{med(rs, 'drain_per_s')} | {rows_sent} | {spread([r['cpu_per_1000'] for r in rs], '{:.2f}')} |")
     return "\n".join(rows)
 
 
@@ -326,47 +354,46 @@ def main() -> int:
     ap.add_argument("--parts", default="direct,full,paced")
     ap.add_argument("--only", default="", help="comma-separated Envoy variant names (prefixes)")
     ap.add_argument("--old-wasm", default=str(OLD_WASM), help="the build before lanes ('' for none)")
+    ap.add_argument("--opcache", action="store_true",
+                    help="track into a php -S of its own with PHP's opcache on (same tree and database)")
     ap.add_argument("--out", default=str(RESULTS / "matomo"))
     args = ap.parse_args()
     parts = args.parts.split(",")
     real = RealMatomo.start_local()
     if real is None:
         sys.exit(HOW_TO_PROVIDE)
-    m = Matomo(real)
+    m = Matomo(real, opcache=args.opcache)
     old = Path(args.old_wasm) if args.old_wasm else None
     if old and not old.exists():
         sys.exit(f"missing {old}: `make bench-matomo` builds it (commit 565bfca)")
     for need in (STANDIN, WASM):
         if not need.exists():
             sys.exit(f"missing {need}: run `make bench-matomo` (it builds the module and the stand-in)")
-    started = time.monotonic()
-    info = machine()
-    report = [f"{info['date']} · {info['nproc']} cores ({info['cpu']}), {info['mem']} RAM, shared with other "
-              f"work · Envoy {info['envoy']} · Matomo 5.1.2 ({m.real.url}: php -S with 4 workers, MariaDB) · "
-              f"medians of {args.rounds} rounds (min–max)", ""]
+    started, info = time.monotonic(), machine()
+    report = [f"{info['date']} · {info['nproc']} cores ({info['cpu']}), {info['mem']} RAM, shared with other work "
+              f"· Envoy {info['envoy']} · module {info['wasm_bytes']:,} bytes · Matomo 5.1.2 (php -S with 4 workers, "
+              f"{'opcache on' if args.opcache else 'no opcache'}, MariaDB) · medians of {args.rounds} rounds (min–max)",
+              ""]
     results: dict = {"machine": info, "args": vars(args)}
-
-    if "direct" in parts:
-        specs = {f"{'one POST per hit' if b is None else f'bulk, {b} hits'}, {k} in flight": (b, k)
-                 for b in BATCHES for k in IN_FLIGHT}
-        direct = rounds(list(specs), args.rounds, lambda name, r: direct_run(
-            m, real.token, *specs[name], args.hits, f"bench direct {name} r{r}"))
-        results["direct"] = direct
-        report += [f"Straight to Matomo, {args.hits} page views per run ({args.hits // PAGES} people, "
-                   f"{PAGES} each):", "", direct_table(direct), ""]
-
     all_variants = variants(old)
     if args.only:
-        all_variants = {k: v for k, v in all_variants.items()
-                        if any(k.startswith(p) for p in args.only.split(","))}
+        all_variants = {k: v for k, v in all_variants.items() if any(k.startswith(p) for p in args.only.split(","))}
     standin = StandIn()
     try:
+        if "direct" in parts:
+            specs = {f"{'one POST per hit' if b is None else f'bulk, {b} hits'}, {k} in flight": (b, k)
+                     for b in BATCHES for k in IN_FLIGHT}
+            direct = rounds(list(specs), args.rounds, lambda name, r: direct_run(
+                m, real.token, *specs[name], args.hits, f"bench direct {name} r{r}"))
+            results["direct"] = direct
+            report += [f"Straight to Matomo, {args.hits} page views per run ({args.hits // PAGES} people, "
+                       f"{PAGES} each):", "", direct_table(direct), ""]
         if "full" in parts:
             full = rounds(list(all_variants), args.rounds, lambda name, r: envoy_run(
                 m, standin, all_variants[name], args.duration, None, f"bench full {name} r{r}"))
             results["full"] = full
-            report += [f"Envoy at full load (wrk, {FULL_CONNECTIONS} connections, {args.duration:g} s, people "
-                       "told apart by X-Forwarded-For, 5 page views each), the filter sending into that Matomo:",
+            report += [f"Envoy at full load (wrk, {FULL_CONNECTIONS} connections, {args.duration:g} s; people told "
+                       f"apart by X-Forwarded-For, {PAGES} page views each), the filter sending into that Matomo:",
                        "", envoy_table(full), ""]
         one = {k: v for k, v in all_variants.items() if v[2] == 1}
         for rate in (float(r) for r in args.rates.split(",") if "paced" in parts):
@@ -377,6 +404,7 @@ def main() -> int:
                        f"{args.duration:g} s):", "", envoy_table(paced), ""]
     finally:
         standin.stop()
+        m.stop()
     report.append(f"took {time.monotonic() - started:.0f} s")
     print("\n" + "\n".join(report))
     out = Path(args.out)

@@ -228,6 +228,17 @@ def median(runs: list[dict], key: str):
     return statistics.median(values) if values else None
 
 
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """The median, and the range (min–max) when the rounds differ; – when there is nothing."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    med = fmt.format(statistics.median(values))
+    if min(values) == max(values):
+        return med
+    return f"{med} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
 def summarize(runs: list[dict]) -> dict:
     keys = sorted({k for r in runs for k in r if isinstance(r[k], (int, float))})
     out = {k: median(runs, k) for k in keys}
