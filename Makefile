@@ -18,6 +18,9 @@ help:
 ## Then wasm-opt -Oz (Debian: binaryen) from cargo's output in deps/ into the final path, only when
 ## cargo produced a new module (the final file is then cargo's hard link, or older than deps/).
 ## wasm-opt writes a temp file and mv replaces the link, so cargo's own output is never touched.
+## By default wasm-opt inlines every function that has one caller, whatever its size; the few huge
+## functions that makes cost V8's compiler ~10 MiB more memory, which Envoy's allocator keeps
+## (RSS 115.5 → 105.5 MiB idle at one worker, the same instructions per request).
 WASM_RAW := target/wasm32-wasip1/release/deps/matomo_proxy_wasm.wasm
 WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	--enable-mutable-globals --enable-multivalue --enable-reference-types
@@ -30,7 +33,7 @@ build: toolchain
 	  is not binaryen $(WASM_OPT_VERSION): the module, and the sha256 the WasmPlugins pin, may differ" >&2
 	cargo build --release --target wasm32-wasip1
 	@if [ $(WASM_RAW) -ef $(WASM) ] || [ $(WASM_RAW) -nt $(WASM) ]; then \
-	  wasm-opt -Oz $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_RAW) -o $(WASM).tmp \
+	  wasm-opt -Oz --one-caller-inline-max-function-size 0 $(WASM_OPT_FEATURES) --strip-debug --strip-producers $(WASM_RAW) -o $(WASM).tmp \
 	    && mv -f $(WASM).tmp $(WASM); fi
 	@ls -l $(WASM) | awk '{print "built $(WASM): " $$5 " bytes"}'
 
