@@ -72,8 +72,11 @@ MATOMO_PACKAGES = $(shell python3 -m tests.support.real_matomo packages)
 test-packages:
 	@$(call debian,$(call has,skopeo) && $(call has,docker-registry) && $(call has,curl),skopeo docker-registry curl)
 	@$(call debian,$(call has,chromium) && $(call has,chromedriver),chromium chromium-driver)
-	@{ [ -n "$$MATOMO_E2E_URL" ] && [ "$$CI" != true ]; } \
-	  || $(call debian,$(call installed,$(MATOMO_PACKAGES)),$(MATOMO_PACKAGES))
+	@{ [ -n "$$MATOMO_E2E_URL" ] && [ "$$CI" != true ]; } || $(MAKE) --no-print-directory matomo-packages
+
+.PHONY: matomo-packages
+matomo-packages:
+	@$(call debian,$(call installed,$(MATOMO_PACKAGES)),$(MATOMO_PACKAGES))
 
 ## Envoy on localhost:10000 with the filter, in front of a demo app. Hits go to a local Matomo
 ## stand-in that prints them, or to a real Matomo: make run MATOMO_URL=https://… ID_SITE=1 [TOKEN_AUTH=…]
@@ -128,6 +131,34 @@ bench: build deps bench-peers
 bench-instructions: build deps bench-peers
 	@$(call debian,$(call has,callgrind_control),valgrind)
 	$(PY) -m tests.bench.instructions $(INSTRUCTIONS_ARGS)
+
+## Matomo's side (tests/bench/matomo.py, ~45 min): what the real Matomo of ../shared/matomo records
+## per second, sent straight (one call per hit, bulk calls of 10/100/200, 1-8 in flight) and through
+## Envoy at full and at paced load, by the build before lanes (565bfca, built in target/bench-old)
+## and by this one with concurrent_calls 1, 2, 4, 8. MATOMO_BASE, MATOMO_DB_PORT and
+## MATOMO_HTTP_PORT pick the Matomo instance; BENCH_MATOMO_ARGS="--rounds 1 --parts direct" for less.
+## Needs wrk and the real Matomo's packages (Debian).
+.PHONY: bench-matomo
+BENCH_OLD_COMMIT := 565bfca
+BENCH_OLD_WASM := target/bench-old/target/wasm32-wasip1/release/matomo_proxy_wasm.wasm
+BENCH_MATOMO_ARGS ?=
+bench-matomo: build deps bench-peers matomo-packages $(BENCH_OLD_WASM)
+	@$(call debian,$(call has,wrk),wrk)
+	$(PY) -m tests.bench.matomo --old-wasm $(BENCH_OLD_WASM) $(BENCH_MATOMO_ARGS)
+
+## A config change through the xDS files (envoy/xds): from the mv of a new lds.yaml until the new
+## plugin config tracks, at 1 and 4 workers, and what a VM start costs Envoy in CPU and RSS
+## (tests/bench/reload.py, ~3 min; RELOAD_ARGS="--rounds 3 --workers 1").
+.PHONY: bench-reload
+RELOAD_ARGS ?=
+bench-reload: build deps
+	$(PY) -m tests.bench.reload $(RELOAD_ARGS)
+
+## The module as it was before lanes (one bulk call in flight per worker), built from its own tree.
+$(BENCH_OLD_WASM):
+	rm -rf target/bench-old && mkdir -p target/bench-old
+	git archive $(BENCH_OLD_COMMIT) | tar -x -C target/bench-old
+	$(MAKE) -C target/bench-old build
 
 ## The benchmark's peers (no-op and per-request filters, the probe) and its native stand-in.
 bench-peers:

@@ -46,7 +46,8 @@ def test_app_headers_are_read_but_reach_the_client(start_envoy, matomo):
         {"x-matomo-action-name": "Game / play", "x-matomo-e-c": "game"})})
     assert seen["x-matomo-action-name"] == "Game / play"
     hit = matomo.wait_for_hits(1)[0]
-    assert hit["action_name"] == "Game / play" and hit["e_c"] == "game"
+    # An event: the app's name becomes the event's name.
+    assert hit["e_n"] == "Game / play" and hit["e_c"] == "game"
 
 
 def test_rules_and_counters_work_the_same(start_envoy, matomo):

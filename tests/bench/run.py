@@ -147,13 +147,16 @@ def seconds(text: str) -> float:
     return float(m.group(1)) * UNITS[m.group(2)]
 
 
-def wrk(port: int, duration: float, connections: int, script: Path | None = None) -> dict:
+def wrk(port: int, duration: float, connections: int, script: Path | None = None,
+        script_args: tuple[str, ...] = ()) -> dict:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s"]
     for h in HEADERS:
         args += ["-H", h]
     if script:
         args += ["-s", str(script)]
-    out = subprocess.run(args + [f"http://127.0.0.1:{port}{PATH}"], capture_output=True,
+    # wrk hands what follows `--` to the script's init().
+    tail = ["--", *script_args] if script_args else []
+    out = subprocess.run([*args, f"http://127.0.0.1:{port}{PATH}", *tail], capture_output=True,
                          text=True, timeout=duration + 30).stdout
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
@@ -223,6 +226,17 @@ def run_variant(name: str, spec, standin: StandIn, duration: float) -> dict:
 def median(runs: list[dict], key: str):
     values = [r[key] for r in runs if key in r]
     return statistics.median(values) if values else None
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """The median, and the range (min–max) when the rounds differ; – when there is nothing."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    med = fmt.format(statistics.median(values))
+    if min(values) == max(values):
+        return med
+    return f"{med} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
 def summarize(runs: list[dict]) -> dict:
