@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run before stopping Envoy (Ctrl-C, SIGTERM, an interrupted `func-e run`), so that no queued hit
 # is lost: stops Envoy's listeners, then waits until the Matomo filter has sent (or dropped and
-# counted) every hit it queued. Envoy exits at once on a signal and lets the plugin finish only
-# after its workers have stopped, too late to send anything.
+# counted) every hit it queued. On a signal Envoy sends the plugin's last bulk call but exits
+# without waiting for its answer, and the call leaves only on a keep-alive connection to Matomo
+# that is already open (docs/deployment.md, "Stopping Envoy").
 #
 #   envoy/drain.sh [ADMIN_ADDRESS]      # default 127.0.0.1:9901; then stop Envoy
 #

@@ -105,7 +105,7 @@ def test_long_paths_from_many_clients_keep_memory_bounded(start_envoy, matomo, c
         assert c["hits_dropped"] > 0, c
 
 
-# --- 2. CPU: 58 KB User-Agents and paths with the README's rules ----------------------------
+# --- 2. CPU: 58 KB User-Agents and paths with the documented rules ----------------------------
 
 def cpu_per_request(envoy, request: bytes, n: int) -> float:
     """Envoy's CPU seconds per request over n requests on one keep-alive connection."""
@@ -138,11 +138,11 @@ def test_cpu_per_request_stays_bounded_on_58_kb_headers(start_envoy, envoys, mat
     added = sorted(rounds)[1]
     c = settled_counters(envoy)
     with capsys.disabled():
-        print(f"\n[abuse:cpu] 29 KB path + 29 KB User-Agent, README rules + 8 UA patterns: the filter "
+        print(f"\n[abuse:cpu] 29 KB path + 29 KB User-Agent, example rules + 8 UA patterns: the filter "
               f"adds {added * 1e3:.3f} ms of Envoy CPU per request (rounds: "
               f"{', '.join(f'{r * 1e3:.3f}' for r in rounds)} ms); tracked {c['requests_tracked']}")
     assert c["requests_tracked"] >= 3 * n
-    # The target is 0.2 ms (README); the bound here leaves room for this shared machine's noise
+    # The target is 0.2 ms; the bound here leaves room for this shared machine's noise
     # while failing on what unbounded rules cost (27 ms with these rules before the caps).
     assert added < 0.5e-3, f"{added * 1e3:.3f} ms per request"
 
@@ -304,7 +304,7 @@ def test_every_cookie_header_is_searched_for_the_visitor_id(start_envoy, matomo)
 # --- 7. trust: identity headers a client sends are stripped at the edge ---------------------
 
 def test_the_documented_edge_config_strips_client_sent_identity_headers(matomo, upstream, envoys):
-    """README "Which request headers the filter trusts": a header_mutation filter before the
+    """docs/deployment.md, "Which request headers the filter trusts": a header_mutation filter before the
     Matomo filter (and before jwt_authn, which then sets the header from a verified claim)
     removes what a client sent under the identity headers' names."""
     strip = {"name": "envoy.filters.http.header_mutation", "typed_config": {

@@ -3,8 +3,10 @@ the filter that names the key. Shipped Envoy configs pass `envoy --mode validate
 
 from __future__ import annotations
 
+import re
 
 import pytest
+import yaml
 
 from tests.support import envoy as E
 
@@ -56,3 +58,17 @@ def test_the_shipped_envoy_yaml_validates_and_its_plugin_config_loads():
     result = E.validate(E.ROOT / "envoy/envoy.yaml", env={}, cwd=E.ROOT)
     assert result.returncode != 0
     assert "`token_auth_env`" in result.stdout + result.stderr
+
+
+def test_the_readmes_filter_chain_validates_and_its_plugin_config_loads(tmp_path):
+    """README.md's minimal Envoy filter chain, put into the shipped envoy.yaml in place of its own."""
+    [snippet] = [b for b in re.findall(r"```yaml\n(.*?)```", (E.ROOT / "README.md").read_text(), re.S)
+                 if "http_filters:" in b]
+    config = yaml.safe_load((E.ROOT / "envoy/envoy.yaml").read_text())
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"] = yaml.safe_load(snippet)["http_filters"]
+    path = tmp_path / "readme.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = E.validate(path, env={"MATOMO_TOKEN_AUTH": "x"}, cwd=E.ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tracking site 1 to matomo.example.com/matomo.php" in result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""The README's func-e commands, run as written: with the project's Envoy registered as
+"""The func-e commands of docs/deployment.md, run as written: with the project's Envoy registered as
 `.envoy-version`'s version in a temporary FUNC_E_HOME, `func-e use` and `func-e which` find it
 without a download, and `func-e run -c envoy/envoy.yaml` (or `envoy/xds/bootstrap.yaml`) serves
 requests and delivers their hits; a wrong config is refused with the filter's one line. Then what
@@ -52,7 +52,7 @@ def home(tmp_path_factory, func_e_path):
 
 def environment(home, **extra) -> dict[str, str]:
     """This environment for func-e, less a token or an ENVOY_VERSION of the caller's (the version
-    comes from `.envoy-version`, as in the README)."""
+    comes from `.envoy-version`, as in docs/deployment.md)."""
     env = {k: v for k, v in os.environ.items() if k not in ("ENVOY_VERSION", "MATOMO_TOKEN_AUTH")}
     return {**env, **NO_DOWNLOAD, "FUNC_E_HOME": str(home), **extra}
 
@@ -115,7 +115,7 @@ def test_use_and_which_find_the_registered_envoy_without_a_download(func_e_path,
     use = run_func_e(func_e_path, home, "use", version, cwd=tmp_path)
     assert use.returncode == 0, use.stdout + use.stderr
     assert f"{version} is already downloaded" in use.stdout + use.stderr
-    # ... rewriting it byte for byte, so the README's command leaves a clean checkout.
+    # ... rewriting it byte for byte, so the documented command leaves a clean checkout.
     assert (tmp_path / ".envoy-version").read_bytes() == (E.ROOT / ".envoy-version").read_bytes()
 
     which = run_func_e(func_e_path, home, "which")
@@ -175,7 +175,7 @@ def test_a_plain_stop_sends_the_hits_still_queued(sig, func_e_path, home, tmp_pa
 @pytest.mark.parametrize("config", CONFIGS)
 def test_drain_sh_before_the_stop_delivers_every_queued_hit(config, func_e_path, home, tmp_path, matomo,
                                                             upstream, envoys):
-    # The README's stop: envoy/drain.sh stops the listeners and waits until the queue has left (within
+    # docs/deployment.md's stop: envoy/drain.sh stops the listeners and waits until the queue has left (within
     # flush_interval), then Ctrl-C. flush_interval 10 s: the hits are still queued when it starts.
     run = FuncERun(config, func_e_path, home, tmp_path, matomo, upstream, envoys, flush_interval=10).start()
     run.queue(10)

@@ -226,3 +226,19 @@ def test_the_istio_matomo_cluster_has_the_settings_of_envoy_yamls(tmp_path):
     config.write_text(json.dumps({"static_resources": {"clusters": [rendered]}}))
     result = validate(config)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_readmes_wasmplugin_is_the_shipped_sidecar_one_in_short():
+    """README.md's WasmPlugin: every field it shows is the shipped sidecar plugin's, but the image."""
+    [snippet] = [b for b in re.findall(r"```yaml\n(.*?)```", (E.ROOT / "README.md").read_text(), re.S)
+                 if "kind: WasmPlugin" in b]
+    short = yaml.safe_load(snippet)
+    [(_, shipped)] = [(n, d) for n, d in of_kind("WasmPlugin") if n == "wasmplugin-sidecar.yaml"]
+
+    def differing(mine, theirs, at=""):
+        if isinstance(mine, dict):
+            return [d for k, v in mine.items() for d in differing(v, theirs.get(k), f"{at}.{k}")]
+        return [] if mine == theirs else [f"{at}: README {mine!r}, shipped {theirs!r}"]
+
+    image = {".spec.url", ".spec.sha256"}
+    assert [d for d in differing(short, shipped) if d.split(":")[0] not in image] == []

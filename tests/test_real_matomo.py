@@ -318,7 +318,7 @@ def test_an_unknown_site_is_found_at_start_and_its_hits_dropped_as_invalid(start
     """With a token, the start-up check says the site does not exist. Matomo then answers a bulk
     call of such hits 200 with every hit invalid: the filter logs an error naming the likely
     causes and counts the hits under `hits_dropped.invalid` (and `hits_dropped`, which the
-    README's alert watches), not as sent."""
+    alert of docs/operations.md watches), not as sent."""
     unknown = max(real_matomo.api("SitesManager.getAllSitesId")) + 1000
     env = start_envoy({"matomo_url": real_matomo.url, "id_site": unknown, "flush_interval": 0.2, "batch_size": 2,
                        "token_auth": real_matomo.token}, **real_matomo.envoy_options())

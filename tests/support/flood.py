@@ -11,7 +11,7 @@ import time
 
 
 # The CPU attack: 58 KB of path and User-Agent that no rule matches, against the rules of the
-# README's example plus eight typical User-Agent patterns (tests/test_abuse.py, make
+# configuration example in docs/configuration.md plus eight typical User-Agent patterns (tests/test_abuse.py, make
 # bench-instructions --abuse).
 HOSTILE_PATH = b"/users/" + b"7" * 29_000 + b"/orders"
 HOSTILE_HEADERS = [(b"user-agent", (b"Mozilla/5.0 " + b"(X11; Linux x86_64) AppleWebKit/537.36 " * 800)[:29_000])]

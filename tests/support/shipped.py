@@ -2,7 +2,7 @@
 documents with only their addresses changed, so that they run on loopback beside other Envoys.
 The listener and the admin move to free ports, the `app` cluster to the demo app, and the
 `matomo` cluster to a local Matomo in plaintext (the shipped one reaches matomo.example.com over
-TLS). The module path stays relative: run them from the repository root, as the README says."""
+TLS). The module path stays relative: run them from the repository root, as docs/deployment.md says."""
 
 from __future__ import annotations
 
