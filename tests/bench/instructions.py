@@ -30,7 +30,7 @@ from tests.support.flood import HOSTILE_HEADERS, HOSTILE_PATH, README_RULES
 
 MAIN = ["none", "noop", "filter", "filter-ignored", "access-log", "noop access-log",
         "per-request-wasm", "per-request-lua", "probe: 20 clock reads", "probe: 20 header-map reads",
-        "probe: 20 property reads"]
+        "probe: 20 single-header reads", "probe: 20 property reads"]
 
 
 def probes() -> dict[str, tuple[list, int, bool, str]]:
@@ -40,6 +40,9 @@ def probes() -> dict[str, tuple[list, int, bool, str]]:
                                   "probe module, 20 × proxy_get_current_time_nanoseconds per request"),
         "probe: 20 header-map reads": ([wasm_filter("headers:20", wasm=SPIN_WASM)], 1, False,
                                        "probe module, 20 × proxy_get_header_map_pairs (request) per request"),
+        "probe: 20 single-header reads": ([wasm_filter("header:20", wasm=SPIN_WASM)], 1, False,
+                                          "probe module, 20 × proxy_get_header_map_value (request; the "
+                                          "filter's 8 names in turn) per request"),
         "probe: 20 property reads": ([wasm_filter("property:20", wasm=SPIN_WASM)], 1, False,
                                      "probe module, 20 × proxy_get_property (source.address) per request"),
     }

@@ -41,7 +41,32 @@ STANDIN = PEERS / "release/bench-standin"
 RESULTS = BENCH / "results"
 
 PATH = "/api/v1/products/12345?color=blue&size=M"
-HEADERS = ["User-Agent: Mozilla/5.0 (X11; Linux x86_64) bench", "Accept-Language: en-US,en;q=0.9"]
+# What a desktop Chrome sends for a page (Chrome 131's set, in its order), with a 1.5 KB cookie
+# of the usual kinds (consent, session, analytics, A/B), so header reads are priced on real sizes.
+COOKIE = "; ".join([
+    "cookieconsent_status=dismiss", "session=" + "Fe26.2**" + "a1b2c3d4e5f6" * 40,
+    "_ga=GA1.1.1234567890.1733000000", "_ga_ABCDEF1234=GS1.1.1733000000.5.1.1733000500.0.0.0",
+    "ab_test=variant-b", "cart_id=" + "9f86d081884c7d659a2feaa0c55ad015" * 12,
+])[:1536]
+HEADERS = [
+    'sec-ch-ua: "Google Chrome";v="131", "Chromium";v="131", "Not_A Brand";v="24"',
+    "sec-ch-ua-mobile: ?0",
+    'sec-ch-ua-platform: "Windows"',
+    "Upgrade-Insecure-Requests: 1",
+    "User-Agent: Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36",
+    "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
+    "image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7",
+    "Sec-Fetch-Site: same-origin",
+    "Sec-Fetch-Mode: navigate",
+    "Sec-Fetch-User: ?1",
+    "Sec-Fetch-Dest: document",
+    "Referer: https://shop.example.com/catalog?page=2",
+    "Accept-Encoding: gzip, deflate, br, zstd",
+    "Accept-Language: en-US,en;q=0.9,de;q=0.8",
+    "Priority: u=0, i",
+    f"Cookie: {COOKIE}",
+]
 SAT_CONNECTIONS = 32
 LIGHT_CONNECTIONS = 1
 MODERATE_CONNECTIONS = 4

@@ -3,7 +3,8 @@
 //! repeats one host call in `on_log`, so the benchmark can price a host call in Envoy's CPU.
 //! Plugin config: `log:50` (burn in on_log), `response:50` (burn in on_http_response_headers),
 //! `clock:20` (20 clock reads), `headers:20` (20 reads of the whole request header map),
-//! `property:20` (20 reads of `source.address`).
+//! `property:20` (20 reads of `source.address`), `header:20` (20 reads of one request header each,
+//! through the names the filter looks up, in turn).
 
 use std::time::{Duration, SystemTime};
 
@@ -14,6 +15,13 @@ use proxy_wasm::types::{Action, BufferType, ContextType, MapType, Status};
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_get_header_map_pairs(map: MapType, data: *mut *mut u8, size: *mut usize) -> Status;
+    fn proxy_get_header_map_value(
+        map: MapType,
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> Status;
     fn proxy_get_property(
         path: *const u8,
         path_size: usize,
@@ -49,12 +57,45 @@ fn header_map_bytes() -> usize {
     size
 }
 
+/// The request headers the filter reads for every tracked request.
+const NAMES: [&str; 8] = [
+    ":path",
+    ":method",
+    ":authority",
+    "user-agent",
+    ":scheme",
+    "accept-language",
+    "referer",
+    "sec-fetch-dest",
+];
+
+/// One request header's value, read as the filter would read it on its own.
+fn header_value_bytes(name: &str) -> usize {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size = 0usize;
+    let status = unsafe {
+        proxy_get_header_map_value(
+            MapType::HttpRequestHeaders,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut size,
+        )
+    };
+    if status != Status::Ok || data.is_null() {
+        return 0;
+    }
+    drop(unsafe { Vec::from_raw_parts(data, size, size) });
+    size
+}
+
 #[derive(Clone, Copy)]
 enum Probe {
     BurnInLog(u64),
     BurnInResponse(u64),
     Clock(u32),
     Headers(u32),
+    Header(u32),
     Property(u32),
 }
 
@@ -81,6 +122,7 @@ impl RootContext for Root {
             "response" => Probe::BurnInResponse(n.into()),
             "clock" => Probe::Clock(n),
             "headers" => Probe::Headers(n),
+            "header" => Probe::Header(n),
             "property" => Probe::Property(n),
             _ => Probe::BurnInLog(n.into()),
         };
@@ -113,6 +155,11 @@ impl HttpContext for Request {
             Probe::Headers(n) => {
                 for _ in 0..n {
                     std::hint::black_box(header_map_bytes());
+                }
+            }
+            Probe::Header(n) => {
+                for name in NAMES.iter().cycle().take(n as usize) {
+                    std::hint::black_box(header_value_bytes(name));
                 }
             }
             Probe::Property(n) => {

@@ -70,9 +70,27 @@ fn read_request(r: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>, bool)>
     Some((line, body, close))
 }
 
-fn respond(w: &mut TcpStream, status: &str, body: &str) -> bool {
+/// What a web app's page answer carries besides its body (a session cookie, caching and
+/// security headers), so the response-header reads are priced on real sizes.
+const PAGE_HEADERS: &str = "content-type: text/html; charset=utf-8\r\n\
+    cache-control: private, no-cache, no-store, must-revalidate\r\n\
+    set-cookie: session=Fe26.2**0123456789abcdef0123456789abcdef; Path=/; HttpOnly; Secure; SameSite=Lax\r\n\
+    strict-transport-security: max-age=63072000; includeSubDomains; preload\r\n\
+    content-security-policy: default-src 'self'; img-src 'self' data:; script-src 'self'\r\n\
+    x-content-type-options: nosniff\r\n\
+    x-frame-options: DENY\r\n\
+    referrer-policy: strict-origin-when-cross-origin\r\n\
+    vary: Accept-Encoding, Cookie\r\n\
+    x-request-id: 6f1e1f3c-2a7b-4c1e-9f0e-5d2b8a7c9e10\r\n";
+
+fn respond(w: &mut TcpStream, status: &str, body: &str, page: bool) -> bool {
+    let headers = if page {
+        PAGE_HEADERS
+    } else {
+        "content-type: text/plain\r\n"
+    };
     let msg = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n{body}",
         body.len()
     );
     w.write_all(msg.as_bytes()).is_ok()
@@ -87,7 +105,7 @@ fn serve(stream: TcpStream, matomo: bool) {
     while let Some((line, body, close)) = read_request(&mut r) {
         let ok = if !matomo {
             SERVED.fetch_add(1, Relaxed);
-            respond(&mut w, "200 OK", "ok\n")
+            respond(&mut w, "200 OK", "<!doctype html><title>ok</title>\n", true)
         } else if line.starts_with("GET /__stats") {
             let s = format!(
                 "{{\"served\":{},\"calls\":{},\"hits\":{},\"bytes\":{}}}",
@@ -96,12 +114,12 @@ fn serve(stream: TcpStream, matomo: bool) {
                 HITS.load(Relaxed),
                 BYTES.load(Relaxed)
             );
-            respond(&mut w, "200 OK", &s)
+            respond(&mut w, "200 OK", &s, false)
         } else if line.starts_with("POST /__reset") {
             for c in [&SERVED, &CALLS, &HITS, &BYTES] {
                 c.store(0, Relaxed);
             }
-            respond(&mut w, "200 OK", "{}")
+            respond(&mut w, "200 OK", "{}", false)
         } else {
             CALLS.fetch_add(1, Relaxed);
             BYTES.fetch_add(body.len() as u64, Relaxed);
@@ -112,7 +130,7 @@ fn serve(stream: TcpStream, matomo: bool) {
             };
             HITS.fetch_add(hits, Relaxed);
             let answer = format!("{{\"status\":\"success\",\"tracked\":{hits},\"invalid\":0}}");
-            respond(&mut w, "200 OK", &answer)
+            respond(&mut w, "200 OK", &answer, false)
         };
         if !ok || close {
             break;
