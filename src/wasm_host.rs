@@ -204,11 +204,15 @@ impl Host for WasmHost {
             ("content-type", post.content_type),
         ];
         hostcalls::dispatch_http_call(post.cluster, headers, Some(post.body), vec![], post.timeout)
-            .map_err(|status| {
-                format!(
-                    "could not call cluster {:?} ({status:?}): is it defined?",
+            .map_err(|status| match status {
+                // Envoy's httpCall: no such cluster.
+                Status::BadArgument => format!("Envoy has no cluster {:?}", post.cluster),
+                // The call failed before it started: no host in the cluster (yet), or none healthy.
+                _ => format!(
+                    "Envoy could not start a call through cluster {:?} ({status:?}): \
+                     no host in it yet, or none healthy?",
                     post.cluster
-                )
+                ),
             })
     }
 

@@ -307,3 +307,12 @@ def test_memory_stays_flat_during_an_outage_at_load(start_envoy, matomo, capsys)
               f"hits_dropped {c['hits_dropped']}, requests_seen {c['requests_seen']}")
     assert during_2 - during_1 < 8, "RSS grows while the queue is full"
     assert during_1 - before < 40, "a full queue of 2000 ~1 KB hits costs far less than 40 MiB"
+
+
+def test_a_cluster_envoy_does_not_have_is_named_in_the_log_and_clients_do_not_notice(start_envoy, matomo):
+    envoy = start_envoy(config(matomo_cluster="no-such-cluster"))
+    for i in range(3):
+        assert timed_get(envoy.port, f"/lost/{i}")[0] == 200
+    assert wait_until(lambda: log_lines(envoy, 'Envoy has no cluster "no-such-cluster"'), timeout=10), \
+        envoy.log()[-3000:]
+    assert matomo.calls == []
