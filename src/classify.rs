@@ -155,14 +155,13 @@ pub fn classify(
         Some(m) if !m.is_empty() => of_type(&m),
         _ => of_extension(path),
     };
-    let by_extension = of_extension(path);
     let by_type = match (fetch_dest.map(str::to_ascii_lowercase).as_deref(), by_type) {
         // What the browser will do with it says more than the type: an image or a script that
         // failed is still not a page, and HTML fetched by a script is data.
         (Some(dest), _) if is_asset_dest(dest) => Content::Asset,
         (Some("empty"), Content::Html) => Content::Data,
         // A missing asset answered with the site's HTML error page is still an asset.
-        (_, Content::Html) if !success && by_extension == Content::Asset => Content::Asset,
+        (_, Content::Html) if !success && of_extension(path) == Content::Asset => Content::Asset,
         (_, content) => content,
     };
     let download = |o: &KindOptions| {
@@ -293,7 +292,6 @@ fn of_extension(path: &str) -> Content {
     let Some((_, ext)) = name.rsplit_once('.') else {
         return Content::Data;
     };
-    let ext = ext.to_ascii_lowercase();
     const ASSETS: &[&str] = &[
         "js", "mjs", "css", "map", "wasm", "png", "jpg", "jpeg", "gif", "svg", "ico", "webp",
         "avif", "bmp", "woff", "woff2", "ttf", "otf", "eot", "mp3", "mp4", "m4a", "ogg", "ogv",
@@ -306,12 +304,31 @@ fn of_extension(path: &str) -> Content {
         "sha256", "sha512", "sig", "sit", "tar", "tbz", "tbz2", "bz", "bz2", "tgz", "torrent",
         "wpd", "xls", "xlsx", "xz", "z", "zip",
     ];
-    match ext.as_str() {
-        "html" | "htm" | "xhtml" => Content::Html,
-        e if ASSETS.contains(&e) => Content::Asset,
-        e if DOCUMENTS.contains(&e) => Content::Document,
-        _ => Content::Data,
+    let is = |known: &&str| known.eq_ignore_ascii_case(ext);
+    if ["html", "htm", "xhtml"].iter().any(is) {
+        Content::Html
+    } else if ASSETS.iter().any(is) {
+        Content::Asset
+    } else if DOCUMENTS.iter().any(is) {
+        Content::Document
+    } else {
+        Content::Data
     }
+}
+
+/// Whether a 206's `content-range` (`bytes 500-999/5000`) starts after the file's first byte:
+/// such a response is one more range request of a download already counted.
+pub fn is_later_part(content_range: &str) -> bool {
+    let range = content_range.trim_start();
+    let unit = range
+        .get(..5)
+        .is_some_and(|u| u.eq_ignore_ascii_case("bytes"));
+    let first = range
+        .get(5..)
+        .filter(|_| unit)
+        .and_then(|rest| rest.trim_start().split('-').next())
+        .and_then(|first| first.trim().parse::<u64>().ok());
+    first.is_some_and(|first| first > 0)
 }
 
 #[cfg(test)]
@@ -429,6 +446,17 @@ mod tests {
             classify(export, attachment, None, &off),
             Kind::Ignore(Skip::Download)
         );
+        assert!(is_later_part("bytes 500-999/5000"));
+        assert!(is_later_part("Bytes  1-2/*"));
+        for first in [
+            "bytes 0-499/5000",
+            "bytes */5000",
+            "items 5-9/10",
+            "bytes x-1/2",
+            "",
+        ] {
+            assert!(!is_later_part(first), "{first:?}");
+        }
         let part = |later_part| Response {
             status: 206,
             content_type: Some("application/pdf"),

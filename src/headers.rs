@@ -58,22 +58,8 @@ impl HeaderMap {
         HeaderMap(bytes)
     }
 
-    /// The first value of a header, converted lossily.
-    pub fn get(&self, name: &str) -> Option<String> {
-        self.values(name)
-            .next()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-
-    /// The first value of a header, converted lossily and cut to at most `max` bytes (with
-    /// `escapes`, not inside a `%XX` escape); true when cut. Only what is kept is converted.
-    pub fn get_capped(&self, name: &str, max: usize, escapes: bool) -> Option<(String, bool)> {
-        let value = self.values(name).next()?;
-        Some(capped_value(value, max, escapes))
-    }
-
     /// Every value of a header (a header may be sent several times, as `cookie` may), joined
-    /// with `separator` and capped like [`HeaderMap::get_capped`].
+    /// with `separator` and capped like [`capped_value`].
     pub fn get_all_capped(
         &self,
         name: &str,
@@ -116,7 +102,8 @@ impl HeaderMap {
     }
 }
 
-/// One value converted lossily and cut like [`HeaderMap::get_capped`]; true when cut.
+/// One value converted lossily and cut to at most `max` bytes (with `escapes`, not inside a
+/// `%XX` escape); true when cut. Only what is kept is converted.
 pub fn capped_value(value: &[u8], max: usize, escapes: bool) -> (String, bool) {
     capped([value].into_iter(), "", max, escapes)
 }
@@ -150,6 +137,19 @@ fn capped<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn first(map: &HeaderMap, name: &str) -> Option<String> {
+        map.first_of([name])[0].map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    fn first_capped(
+        map: &HeaderMap,
+        name: &str,
+        max: usize,
+        escapes: bool,
+    ) -> Option<(String, bool)> {
+        map.first_of([name])[0].map(|v| capped_value(v, max, escapes))
+    }
 
     fn encode(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
         let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
@@ -192,11 +192,11 @@ mod tests {
             (b"cookie", b"b=2"),
             (b"user-agent", b"\xff"),
         ]));
-        assert_eq!(map.get(":path").as_deref(), Some("/a?b"));
-        assert_eq!(map.get("cookie").as_deref(), Some("a=1"));
-        assert_eq!(map.get("user-agent").as_deref(), Some("\u{fffd}"));
-        assert_eq!(map.get("referer"), None);
-        assert_eq!(HeaderMap::new(Vec::new()).get(":path"), None);
+        assert_eq!(first(&map, ":path").as_deref(), Some("/a?b"));
+        assert_eq!(first(&map, "cookie").as_deref(), Some("a=1"));
+        assert_eq!(first(&map, "user-agent").as_deref(), Some("\u{fffd}"));
+        assert_eq!(first(&map, "referer"), None);
+        assert_eq!(first(&HeaderMap::new(Vec::new()), ":path"), None);
     }
 
     #[test]
@@ -223,21 +223,24 @@ mod tests {
             (b"cookie", b"b=2"),
             (b"x", b"\xc3\xa9\xc3\xa9"),
         ]));
-        let (ua, cut) = map.get_capped("user-agent", 512, false).unwrap();
+        let (ua, cut) = first_capped(&map, "user-agent", 512, false).unwrap();
         assert_eq!((ua.len(), cut), (512, true));
         assert_eq!(
-            map.get_capped(":path", 5, true).unwrap(),
+            first_capped(&map, ":path", 5, true).unwrap(),
             ("/a%2F".into(), true)
         );
         assert_eq!(
-            map.get_capped(":path", 4, true).unwrap(),
+            first_capped(&map, ":path", 4, true).unwrap(),
             ("/a".into(), true)
         );
         assert_eq!(
-            map.get_capped(":path", 10, true).unwrap(),
+            first_capped(&map, ":path", 10, true).unwrap(),
             ("/a%2Fb".into(), false)
         );
-        assert_eq!(map.get_capped("x", 3, false).unwrap(), ("é".into(), true));
+        assert_eq!(
+            first_capped(&map, "x", 3, false).unwrap(),
+            ("é".into(), true)
+        );
         assert_eq!(
             map.get_all_capped("cookie", "; ", 100).unwrap(),
             ("a=1; b=2".into(), false)

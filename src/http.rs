@@ -13,6 +13,7 @@ use proxy_wasm::types::{Action, MapType};
 
 use crate::app::AppParams;
 use crate::caps;
+use crate::classify::is_later_part;
 use crate::headers::capped_value;
 use crate::request::{client_ip, RequestFacts};
 use crate::rules::Ignored;
@@ -42,18 +43,22 @@ impl Seen {
     /// reads the whole map.
     pub fn read_response(&mut self, prefix: &str, remove: bool) {
         let headers = host::map(MapType::HttpResponseHeaders);
-        self.status = headers.get(":status").and_then(|s| s.parse().ok());
-        self.content_type = headers
-            .get_capped("content-type", caps::TOKEN * 4, false)
-            .map(|(value, _)| value);
-        self.attachment = headers
-            .get_capped("content-disposition", caps::TOKEN, false)
-            .is_some_and(|(value, _)| {
-                value
-                    .trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("attachment")
-            });
+        let [status, content_type, disposition, range] = headers.first_of([
+            ":status",
+            "content-type",
+            "content-disposition",
+            "content-range",
+        ]);
+        let text = |value: &[u8], max: usize| capped_value(value, max, false).0;
+        self.status = status.and_then(|s| text(s, caps::TOKEN).parse().ok());
+        self.content_type = content_type.map(|v| text(v, caps::TOKEN * 4));
+        self.attachment = disposition.is_some_and(|v| {
+            text(v, caps::TOKEN)
+                .trim_start()
+                .to_ascii_lowercase()
+                .starts_with("attachment")
+        });
+        self.later_part = range.is_some_and(|v| is_later_part(&text(v, caps::TOKEN)));
         if prefix.is_empty() {
             return;
         }

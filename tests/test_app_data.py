@@ -146,3 +146,16 @@ def test_what_a_request_becomes_follows_its_response(start_envoy, matomo):
     c = settled_counters(env)
     assert (c["requests_ignored.asset"], c["requests_ignored.no_content"], c["requests_ignored.api"]) == (2, 1, 1), c
     assert (c["requests_tracked.pageview"], c["requests_tracked.event"], c["requests_tracked.download"]) == (2, 1, 1)
+
+
+def test_a_download_in_range_requests_is_one_download(start_envoy, matomo):
+    """A player or download manager fetches a file in parts (206); only the part from byte 0
+    is the download, the later ones are more of the same."""
+    env = start_envoy(BASE)
+    for first, last in [(0, 99), (100, 199), (200, 299)]:
+        request(env.port, "/status/206/big.pdf", headers=app_sets({
+            "content-type": "application/pdf", "content-range": f"bytes {first}-{last}/300"}))
+    hits = matomo.wait_for_hits(1)
+    c = settled_counters(env)
+    assert len(matomo.hits) == 1 and hits[0]["download"].endswith("/status/206/big.pdf"), matomo.hits
+    assert (c["requests_tracked.download"], c["requests_ignored.no_content"]) == (1, 2), c
