@@ -36,8 +36,6 @@ import http.client
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,6 +46,7 @@ from pathlib import Path
 from tests.bench.run import RESULTS, STANDIN, StandIn, machine, spread, wrk
 from tests.support.envoy import ROOT, WASM, Envoy, bootstrap, free_port, wasm_filter
 from tests.support.real_matomo import HOW_TO_PROVIDE, RealMatomo, read_env_file
+from tests.support.tracker_servers import PhpFrontEnd
 
 VISITORS_LUA = ROOT / "tests/bench/visitors.lua"
 OLD_WASM = ROOT / "target/bench-old/target/wasm32-wasip1/release/matomo_proxy_wasm.wasm"
@@ -81,35 +80,23 @@ class Matomo:
         local = real.require_local().env
         self.base = Path(local["MATOMO_DIR"]).parent
         self.host, self.port = real.tracker
-        self.server: subprocess.Popen | None = None
+        self.server: PhpFrontEnd | None = None
         if opcache:
-            self.port = free_port()
-            self.server = subprocess.Popen(
-                ["php", "-d", "opcache.enable_cli=1", "-d", "memory_limit=1G", "-d", "max_execution_time=0",
-                 "-d", "display_errors=0", "-S", f"{self.host}:{self.port}", "-t", local["MATOMO_DIR"]],
-                env={**os.environ, "PHP_CLI_SERVER_WORKERS": "4"}, stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL, start_new_session=True)
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://{self.host}:{self.port}/matomo.php", timeout=5).read()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
+            self.host = "127.0.0.1"
+            self.server = PhpFrontEnd(local["MATOMO_DIR"], free_port(), self.base / "php-opcache.log",
+                                      php_options=("-d", "opcache.enable_cli=1")).start(timeout=30)
+            self.port = self.server.port
 
     def stop(self) -> None:
         """Stops this script's own php -S (its session: the server and its workers)."""
         if self.server:
-            os.killpg(self.server.pid, signal.SIGTERM)
-            self.server.wait(10)
+            self.server.stop()
 
     def cpu_seconds(self) -> float:
         """User and system time of the php -S process group (setsid made the server its leader;
         its workers are its children) and of mysqld, so far."""
         pids = read_env_file(self.base / "pids")
-        php = self.server.pid if self.server else int(pids["php"])
+        php = self.server.proc.pid if self.server and self.server.proc else int(pids["php"])
         mariadb = int(pids["mariadb"])
         ticks = 0
         for proc in Path("/proc").iterdir():

@@ -21,7 +21,8 @@ class PhpFrontEnd:
     ../shared/matomo/setup.sh starts the first one. `stop()` ends its process group (the server
     and its workers), as stop.sh does."""
 
-    def __init__(self, matomo_dir: str, port: int, log: Path):
+    def __init__(self, matomo_dir: str, port: int, log: Path, php_options: tuple[str, ...] = ()):
+        self.php_options = php_options
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.matomo_dir = matomo_dir
@@ -31,7 +32,7 @@ class PhpFrontEnd:
     def start(self, timeout: float = 20.0) -> "PhpFrontEnd":
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                ["php", "-d", "memory_limit=1G", "-d", "max_execution_time=0", "-d", "display_errors=0",
+                ["php", *self.php_options, "-d", "memory_limit=1G", "-d", "max_execution_time=0", "-d", "display_errors=0",
                  "-S", f"127.0.0.1:{self.port}", "-t", self.matomo_dir],
                 env={**os.environ, "PHP_CLI_SERVER_WORKERS": "4"}, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True)
