@@ -170,9 +170,10 @@ $(BENCH_OLD_WASM):
 	git archive $(BENCH_OLD_COMMIT) | tar -x -C target/bench-old
 	$(MAKE) -C target/bench-old build
 
-## The benchmark's peers (no-op and per-request filters, the probe) and its native stand-in.
+## The benchmark's peers (no-op, shape's floor and per-request filters, the probe) and its native
+## stand-in.
 bench-peers: ## the benchmark's peer filters and native stand-in
-	@for p in noop per_request spin; do cargo build -q --release --target wasm32-wasip1 \
+	@for p in noop floor per_request spin; do cargo build -q --release --target wasm32-wasip1 \
 	  --manifest-path tests/bench/peers/$$p/Cargo.toml --target-dir target/bench-peers || exit 1; done
 	@cargo build -q --release --manifest-path tests/bench/peers/standin/Cargo.toml --target-dir target/bench-peers
 

@@ -2,9 +2,11 @@
 
 Envoy's RSS idle (2 s after it is ready) and after 100,000 browser-shaped requests (run.HEADERS,
 the filter tracking every one, its hits delivered to the native stand-in), at 1 and 4 workers,
-for no filter, the empty filter (peers/noop) and this one; then Envoy's own allocator figures
-(`/memory`: what is in use against what tcmalloc holds) for the filter and the empty filter,
-which say where the difference lives.
+for no filter, the empty filter (peers/noop), the shape's floor (peers/floor: only the crates the
+filter must be built from, each used once, at opt-level "z") and this one; then the empty filter
+and this one again with Envoy's `memory_allocator_manager` releasing free memory. Last, Envoy's
+own allocator figures (`/memory`: what is in use against what tcmalloc holds), which say where
+the difference lives.
 
     python -m tests.bench.memory [--requests 100000] [--workers 1,4] [--rounds 2]
 """
@@ -20,14 +22,23 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.bench.run import (BENCH, HEADERS, NOOP_WASM, PATH, RESULTS, STANDIN, StandIn, envoy_config,
-                             filter_config, machine)
+from tests.bench.run import (BENCH, FLOOR_WASM, HEADERS, NOOP_WASM, PATH, RESULTS, STANDIN, StandIn,
+                             envoy_config, filter_config, machine)
 from tests.support.envoy import WASM, Envoy, free_port, wasm_filter
 
-VARIANTS = {
-    "none": [],
-    "empty filter": [wasm_filter("", wasm=NOOP_WASM)],
-    "this filter": [wasm_filter(filter_config())],
+EMPTY = [wasm_filter("", wasm=NOOP_WASM)]
+FILTER = [wasm_filter(filter_config())]
+# Envoy's bootstrap option that has tcmalloc hand free memory back to the system (off by default):
+# what V8 used to compile a module at start is freed, but otherwise kept for the process's life.
+RELEASE = {"memory_allocator_manager": {"bytes_to_release": 16 * 2**20, "memory_release_interval": "1s"}}
+# name: (HTTP filters, bootstrap additions)
+VARIANTS: dict[str, tuple[list, dict]] = {
+    "none": ([], {}),
+    "empty filter": (EMPTY, {}),
+    "shape's floor": ([wasm_filter(filter_config(ignored_patterns=["^/health"]), wasm=FLOOR_WASM)], {}),
+    "this filter": (FILTER, {}),
+    "empty filter, released": (EMPTY, RELEASE),
+    "this filter, released": (FILTER, RELEASE),
 }
 MIB = 2**20
 
@@ -46,18 +57,19 @@ def load(port: int, requests: int, standin: StandIn) -> None:
         wrk.terminate()
 
 
-def measure(filters: list, workers: int, requests: int, standin: StandIn) -> dict:
+def measure(filters: list, bootstrap: dict, workers: int, requests: int, standin: StandIn) -> dict:
     port, admin = free_port(), free_port()
     standin.reset()
-    envoy = Envoy(envoy_config(filters, port, admin, standin), concurrency=workers, log_level="warning")
+    envoy = Envoy({**envoy_config(filters, port, admin, standin), **bootstrap}, concurrency=workers,
+                  log_level="warning")
     envoy.start()
     try:
         time.sleep(2)
         idle = envoy.rss_bytes()
         load(port, requests, standin)
-        # The hits delivered (or 10 s), so the filter's queue is empty again.
+        # This filter's hits delivered (or 10 s), so its queue is empty again.
         deadline = time.monotonic() + 10
-        while filters and "matomo" in json.dumps(filters) and time.monotonic() < deadline:
+        while str(WASM) in json.dumps(filters) and time.monotonic() < deadline:
             if standin.stats()["hits"] >= requests:
                 break
             time.sleep(0.2)
@@ -78,7 +90,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "memory"))
     args = ap.parse_args()
-    for need in (NOOP_WASM, STANDIN, WASM):
+    for need in (NOOP_WASM, FLOOR_WASM, STANDIN, WASM):
         if not need.exists():
             sys.exit(f"missing {need}: run `make bench` (it builds the module and the peers)")
     standin = StandIn()
@@ -88,9 +100,9 @@ def main() -> int:
             for r in range(args.rounds):
                 names = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
                 for name in names:
-                    res = measure(VARIANTS[name], workers, args.requests, standin)
+                    res = measure(*VARIANTS[name], workers, args.requests, standin)
                     runs.setdefault((workers, name), []).append(res)
-                    print(f"{workers} worker(s) {name:13} idle {res['idle'] / MIB:6.1f} MiB, after "
+                    print(f"{workers} worker(s) {name:23} idle {res['idle'] / MIB:6.1f} MiB, after "
                           f"{res['served']:,} requests {res['loaded'] / MIB:6.1f} MiB", flush=True)
     finally:
         standin.stop()
@@ -98,10 +110,12 @@ def main() -> int:
     def med(workers: int, name: str, key: str) -> float:
         return statistics.median(r[key] for r in runs[(workers, name)]) / MIB
 
-    rows = ["| workers | variant | RSS idle | over empty filter | RSS after requests | over empty filter |",
+    rows = ["| workers | variant | RSS idle | over the empty filter | RSS after requests | over the empty filter |",
             "|---|---|---|---|---|---|"]
     for workers, name in runs:
-        over = {k: med(workers, name, k) - med(workers, "empty filter", k) for k in ("idle", "loaded")}
+        # Each variant against the empty filter in the same Envoy set-up.
+        empty = "empty filter, released" if name.endswith(", released") else "empty filter"
+        over = {k: med(workers, name, k) - med(workers, empty, k) for k in ("idle", "loaded")}
         rows.append(f"| {workers} | {name} | {med(workers, name, 'idle'):.1f} MiB | "
                     f"{over['idle']:+.1f} MiB | {med(workers, name, 'loaded'):.1f} MiB | "
                     f"{over['loaded']:+.1f} MiB |")

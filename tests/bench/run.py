@@ -35,6 +35,7 @@ from tests.support.envoy import (ROOT, WASM, Envoy, bootstrap, envoy_binary, fre
 BENCH = ROOT / "tests/bench"
 PEERS = ROOT / "target/bench-peers"
 NOOP_WASM = PEERS / "wasm32-wasip1/release/bench_noop.wasm"
+FLOOR_WASM = PEERS / "wasm32-wasip1/release/bench_floor.wasm"
 PER_REQUEST_WASM = PEERS / "wasm32-wasip1/release/bench_per_request.wasm"
 SPIN_WASM = PEERS / "wasm32-wasip1/release/bench_spin.wasm"
 STANDIN = PEERS / "release/bench-standin"
