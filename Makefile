@@ -120,7 +120,7 @@ release-check: ## build the release twice and prove both give the same bytes
 ## change, e.g. BENCH_ARGS="--rounds 1 --duration 2 --no-scaling"). Needs wrk (Debian).
 .PHONY: bench bench-peers bench-instructions
 BENCH_ARGS ?=
-bench: build deps bench-peers ## throughput, latency, CPU and memory against the usual ways (~20 min)
+bench: build deps bench-peers ## throughput, latency, CPU and memory against the usual ways (~25 min)
 	@$(call debian,$(call has,wrk),wrk)
 	@mkdir -p tests/bench/results; set -o pipefail; cargo bench -q --bench encode -- --noplot 2>&1 | tee tests/bench/results/encode.txt \
 	  | grep -E '^hit/|time:'
@@ -131,7 +131,7 @@ bench: build deps bench-peers ## throughput, latency, CPU and memory against the
 ## filter, with the empty one and with this one (tests/bench/memory.py, ~4 min; part of bench).
 .PHONY: bench-memory
 MEMORY_ARGS ?=
-bench-memory: build deps bench-peers ## Envoy's RSS with no filter, the empty one and this one (~4 min)
+bench-memory: build deps bench-peers ## Envoy's RSS: no filter, the empty one, the shape's floor, this one (~8 min)
 	@$(call debian,$(call has,wrk),wrk)
 	$(PY) -m tests.bench.memory $(MEMORY_ARGS)
 
