@@ -4,6 +4,7 @@
 //! [`track_finished`] is shared with the root context, which Envoy calls instead when the
 //! module runs as an access logger.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
@@ -49,16 +50,16 @@ impl Seen {
             "content-disposition",
             "content-range",
         ]);
-        let text = |value: &[u8], max: usize| capped_value(value, max, false).0;
-        self.status = status.and_then(|s| text(s, caps::TOKEN).parse().ok());
-        self.content_type = content_type.map(|v| text(v, caps::TOKEN * 4));
+        // Only the content type is kept; the others are looked at in place.
+        self.status = status.and_then(|s| token(s).parse().ok());
+        self.content_type = content_type.map(|v| capped_value(v, caps::TOKEN * 4, false).0);
         self.attachment = disposition.is_some_and(|v| {
-            text(v, caps::TOKEN)
+            token(v)
                 .trim_start()
-                .to_ascii_lowercase()
-                .starts_with("attachment")
+                .get(.."attachment".len())
+                .is_some_and(|kind| kind.eq_ignore_ascii_case("attachment"))
         });
-        self.later_part = range.is_some_and(|v| is_later_part(&text(v, caps::TOKEN)));
+        self.later_part = range.is_some_and(|v| is_later_part(&token(v)));
         if prefix.is_empty() {
             return;
         }
@@ -70,6 +71,12 @@ impl Seen {
             }
         }
     }
+}
+
+/// A short header value's first [`caps::TOKEN`] bytes, converted lossily: borrowed, not copied,
+/// when they are UTF-8.
+fn token(value: &[u8]) -> Cow<'_, str> {
+    String::from_utf8_lossy(value.get(..caps::TOKEN).unwrap_or(value))
 }
 
 /// Takes every header with the prefix off a response trailer map (HTTP/2 and gRPC responses
