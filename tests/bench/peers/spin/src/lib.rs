@@ -30,26 +30,13 @@ extern "C" {
     ) -> Status;
 }
 
-/// The raw ABI read of a property, as the filter makes it.
-fn property_bytes(path: &[u8]) -> usize {
+/// One raw ABI read, as the filter makes it (src/wasm_host.rs's `read`; the SDK's wrappers also
+/// decode what they read): the host copies its answer into a buffer it asks this module to
+/// allocate, freed here. Returns the answer's size.
+fn read(call: impl FnOnce(*mut *mut u8, *mut usize) -> Status) -> usize {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size = 0usize;
-    let status = unsafe { proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size) };
-    if status != Status::Ok || data.is_null() {
-        return 0;
-    }
-    drop(unsafe { Vec::from_raw_parts(data, size, size) });
-    size
-}
-
-/// The raw ABI read the filter makes (the SDK's wrapper also decodes every pair): the host
-/// serialises the map and copies it into a buffer it asks this module to allocate.
-fn header_map_bytes() -> usize {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size = 0usize;
-    let status =
-        unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders, &mut data, &mut size) };
-    if status != Status::Ok || data.is_null() {
+    if call(&mut data, &mut size) != Status::Ok || data.is_null() {
         return 0;
     }
     // The SDK's proxy_on_memory_allocate made this buffer as a Vec of `size` bytes.
@@ -57,7 +44,18 @@ fn header_map_bytes() -> usize {
     size
 }
 
-/// The request headers the filter reads for every tracked request.
+fn property_bytes(path: &[u8]) -> usize {
+    read(|data, size| unsafe { proxy_get_property(path.as_ptr(), path.len(), data, size) })
+}
+
+/// The whole request header map, serialised by the host.
+fn header_map_bytes() -> usize {
+    read(|data, size| unsafe {
+        proxy_get_header_map_pairs(MapType::HttpRequestHeaders, data, size)
+    })
+}
+
+/// The request headers the filter reads for every tracked request (src/http.rs, `track_finished`).
 const NAMES: [&str; 8] = [
     ":path",
     ":method",
@@ -71,22 +69,15 @@ const NAMES: [&str; 8] = [
 
 /// One request header's value, read as the filter would read it on its own.
 fn header_value_bytes(name: &str) -> usize {
-    let mut data: *mut u8 = std::ptr::null_mut();
-    let mut size = 0usize;
-    let status = unsafe {
+    read(|data, size| unsafe {
         proxy_get_header_map_value(
             MapType::HttpRequestHeaders,
             name.as_ptr(),
             name.len(),
-            &mut data,
-            &mut size,
+            data,
+            size,
         )
-    };
-    if status != Status::Ok || data.is_null() {
-        return 0;
-    }
-    drop(unsafe { Vec::from_raw_parts(data, size, size) });
-    size
+    })
 }
 
 #[derive(Clone, Copy)]
