@@ -320,15 +320,15 @@ fn of_extension(path: &str) -> Content {
 /// such a response is one more range request of a download already counted.
 pub fn is_later_part(content_range: &str) -> bool {
     let range = content_range.trim_start();
-    let unit = range
-        .get(..5)
-        .is_some_and(|u| u.eq_ignore_ascii_case("bytes"));
-    let first = range
-        .get(5..)
-        .filter(|_| unit)
-        .and_then(|rest| rest.trim_start().split('-').next())
-        .and_then(|first| first.trim().parse::<u64>().ok());
-    first.is_some_and(|first| first > 0)
+    match (range.get(..5), range.get(5..)) {
+        (Some(unit), Some(rest)) if unit.eq_ignore_ascii_case("bytes") => rest
+            .trim_start()
+            .split('-')
+            .next()
+            .and_then(|first| first.trim().parse::<u64>().ok())
+            .is_some_and(|first| first > 0),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
